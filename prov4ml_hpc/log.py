@@ -1,0 +1,45 @@
+"""The package logger `prov4ml_hpc`: lines prefixed ``[rank@host]``, level from PROV4ML_HPC_LOG_LEVEL."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+LOGGER_NAME = "prov4ml_hpc"
+LEVEL_ENV = "PROV4ML_HPC_LOG_LEVEL"
+
+logger = logging.getLogger(LOGGER_NAME)
+
+
+class _RankPrefix(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefix = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.rank_prefix = self.prefix
+        return True
+
+
+_prefix_filter = _RankPrefix()
+_configured = False
+
+
+def configure(rank: int | None = None, node: str | None = None) -> None:
+    """Install the stderr handler once and set the ``[rank@host]`` prefix (called by start_run)."""
+    global _configured
+    if rank is not None:
+        _prefix_filter.prefix = f"[{rank}@{node or '?'}] "
+    if _configured:
+        return
+    _configured = True
+    level_name = os.environ.get(LEVEL_ENV, "WARNING").upper()
+    level = logging.getLevelName(level_name)
+    logger.setLevel(level if isinstance(level, int) else logging.WARNING)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("prov4ml-hpc %(rank_prefix)s%(levelname)s: %(message)s"))
+        handler.addFilter(_prefix_filter)
+        logger.addHandler(handler)
+        logger.propagate = False

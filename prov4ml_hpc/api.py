@@ -482,14 +482,17 @@ def _after_fork_child() -> None:
 
 
 def _excepthook(exc_type, exc, tb) -> None:
+    # Only the main thread's uncaught exception ends the run.  C extensions (h5py among them) may call
+    # PyErr_Print, and so this hook, from any thread in the middle of their work: never act there.
     run = _active
-    if run is not None and not issubclass(exc_type, KeyboardInterrupt):
+    if run is not None and threading.current_thread() is threading.main_thread():
         try:
-            end_run(status=schema.STATUS_FAILED, reason=f"uncaught {exc_type.__name__}: {exc}")
+            if issubclass(exc_type, KeyboardInterrupt):
+                end_run(status=schema.STATUS_CANCELLED, reason="KeyboardInterrupt")
+            else:
+                end_run(status=schema.STATUS_FAILED, reason=f"uncaught {exc_type.__name__}: {exc}")
         except Exception:  # noqa: BLE001, S110 - never hide the user's traceback
             pass
-    elif run is not None:
-        end_run(status=schema.STATUS_CANCELLED, reason="KeyboardInterrupt")
     (_prev_excepthook or sys.__excepthook__)(exc_type, exc, tb)
 
 

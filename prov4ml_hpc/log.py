@@ -22,6 +22,21 @@ class _RankPrefix(logging.Filter):
         return True
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of the call (redirections and test captures work)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 _prefix_filter = _RankPrefix()
 _configured = False
 
@@ -38,7 +53,7 @@ def configure(rank: int | None = None, node: str | None = None) -> None:
     level = logging.getLevelName(level_name)
     logger.setLevel(level if isinstance(level, int) else logging.WARNING)
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("prov4ml-hpc %(rank_prefix)s%(levelname)s: %(message)s"))
         handler.addFilter(_prefix_filter)
         logger.addHandler(handler)

@@ -50,6 +50,9 @@ class RankFileWriter:
         f.attrs[schema.A_FORMAT] = schema.RANK_FORMAT
         f.attrs[schema.A_SCHEMA_VERSION] = schema.SCHEMA_VERSION
         self.set_attrs(attrs)
+        # dataset handles are opened once and kept: no per-flush open/close, and no dataset close can fail
+        # half-way after a write error (HDF5 would then crash at exit closing it a second time)
+        self._ds = {name: f[name] for name in (schema.DS_ROWS, schema.DS_SERIES, schema.DS_RECORDS)}
         self.rows = 0
         self.flush()
 
@@ -64,7 +67,7 @@ class RankFileWriter:
         n = len(block)
         if not n:
             return
-        ds = self._f[schema.DS_ROWS]
+        ds = self._ds[schema.DS_ROWS]
         start = ds.shape[0]
         ds.resize((start + n,))
         ds[start:] = block
@@ -73,7 +76,7 @@ class RankFileWriter:
     def append_strings(self, name: str, items: list[str]) -> None:
         if not items:
             return
-        ds = self._f[name]
+        ds = self._ds[name]
         start = ds.shape[0]
         ds.resize((start + len(items),))
         ds[start:] = items
@@ -85,11 +88,43 @@ class RankFileWriter:
         self._f.close()
 
     def abandon(self) -> None:
-        """Drop the handle after a write error without raising again (the file stays as last flushed)."""
+        """Drop the handle after a write error without raising again and without touching the file further.
+
+        The descriptor is first pointed at /dev/null, so that neither this close nor HDF5's own exit-time
+        clean-up can write half-states into the file (or crash on a second failed write)."""
+        redirect_to_devnull(self.fd_or_none())
         try:
-            self._f.close()
+            self._f.flush()  # lets HDF5 settle its dirty caches into /dev/null
         except Exception:  # noqa: BLE001, S110 - the error that got us here was already reported
             pass
+        _ABANDONED.append((self._f, self._ds))  # never closed or collected: HDF5's exit-time clean-up writes to /dev/null
+
+    def fd_or_none(self) -> int | None:
+        try:
+            return self._f.id.get_vfd_handle()
+        except Exception:  # noqa: BLE001
+            return None
+
+
+_ABANDONED: list[Any] = []
+
+
+def redirect_to_devnull(fd: int | None) -> None:
+    """Point fd at an anonymous in-memory file (Linux memfd; /dev/null elsewhere) that accepts writes and
+    truncation, so HDF5 can finish whatever it wants to do with the handle without touching the real file."""
+    if fd is None:
+        return
+    try:
+        sink = os.memfd_create("prov4ml-hpc-detached") if hasattr(os, "memfd_create") else None
+    except OSError:
+        sink = None
+    try:
+        if sink is None:
+            sink = os.open(os.devnull, os.O_RDWR)
+        os.dup2(sink, fd)
+        os.close(sink)
+    except OSError:
+        pass
 
 
 def encode_attr(value: Any) -> Any:

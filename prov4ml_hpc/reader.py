@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,8 @@ class RankFile:
     records: list[dict[str, Any]]
     nrows: int  # rows a reader can trust (up to the last flush)
     problems: list[str] = field(default_factory=list)  # what the reader had to work around
+    read_path: str | None = None  # where rows are read from (a repaired temporary copy for a truncated file)
+    _keep: Any = field(default=None, repr=False)  # keeps a repaired copy alive as long as this object
 
     # metadata ------------------------------------------------------------------------------------------
     @property
@@ -86,12 +89,12 @@ class RankFile:
             return
         from .rankfile import _open_h5
 
-        with _open_h5(self.path, "r") as f:
+        with _open_h5(self.read_path or self.path, "r") as f:
             ds = f[schema.DS_ROWS]
             nseries = len(self.series)
             for lo in range(start, stop, block):
                 rows = ds[lo:min(stop, lo + block)]
-                bad = (rows["series"] < 0) | (rows["series"] >= nseries)
+                bad = (rows["series"] < 0) | (rows["series"] >= nseries) | ~(rows["time"] > 0)
                 if bad.any():  # a torn tail: never hand out rows that point at no series
                     rows = rows[~bad]
                 yield rows
@@ -150,12 +153,20 @@ def read_rank_file(path: str | os.PathLike) -> RankFile:
         raise RankFileError(f"rank file {path} does not exist")
     from .rankfile import _open_h5
 
+    problems: list[str] = []
+    read_path, keep = path, None
     try:
         f = _open_h5(path, "r")
     except Exception as exc:  # noqa: BLE001 - h5py raises OSError, sometimes others
-        raise RankFileError(f"rank file {path} cannot be opened as HDF5 ({type(exc).__name__}: {exc}); it may "
-                            "be truncated or corrupt") from exc
-    problems: list[str] = []
+        repaired = _repair_truncated(path, str(exc))
+        if repaired is None:
+            raise RankFileError(f"rank file {path} cannot be opened as HDF5 ({type(exc).__name__}: {exc}); it "
+                                "may be truncated or corrupt") from exc
+        read_path, keep = repaired
+        problems.append("the file is shorter than HDF5 expects (a write failed: full disk, quota or file size "
+                        "limit); read from a zero-padded temporary copy, rows written by the failed flush are "
+                        "dropped")
+        f = _open_h5(read_path, "r")
     try:
         with f:
             attrs = {k: _decode_attr(k, v) for k, v in f.attrs.items()}
@@ -187,4 +198,41 @@ def read_rank_file(path: str | os.PathLike) -> RankFile:
     if flushed is not None and shape_rows != int(flushed):
         problems.append(f"rows dataset holds {shape_rows} rows, last flush recorded {flushed}; "
                         f"trusting {nrows}")
-    return RankFile(path=path, attrs=attrs, series=series, records=records, nrows=nrows, problems=problems)
+    return RankFile(path=path, attrs=attrs, series=series, records=records, nrows=nrows, problems=problems,
+                    read_path=read_path, _keep=keep)
+
+
+_TRUNCATED = re.compile(r"truncated file: eof = (\d+).*stored_eof = (\d+)")
+
+
+def _repair_truncated(path: str, message: str) -> tuple[str, Any] | None:
+    """A write that failed half-way (disk full, quota) can leave the superblock's end-of-file beyond the real
+    end.  Everything flushed before is still there: read it from a copy padded with zeros to the stored size
+    (zeros are never valid rows: their time is 0).  The rank file itself is never modified."""
+    m = _TRUNCATED.search(message)
+    if not m:
+        return None
+    stored = int(m.group(2))
+    if stored > 64 * os.path.getsize(path) + (1 << 30):
+        return None
+    import shutil
+    import tempfile
+
+    tmp = _TempDir(tempfile.mkdtemp(prefix="prov4ml-hpc-repair-"))
+    copy = os.path.join(tmp.path, os.path.basename(path))
+    shutil.copyfile(path, copy)
+    with open(copy, "r+b") as fh:
+        fh.truncate(stored)
+    return copy, tmp
+
+
+class _TempDir:
+    """A temporary directory removed when the last reference goes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __del__(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.path, ignore_errors=True)

@@ -31,7 +31,12 @@ from .log import logger
 
 DEFAULT_FLUSH_INTERVAL = 1.0  # seconds; with the write itself, at most ~2 s of data is ever unflushed
 DEFAULT_BUFFER_ROWS = 32768  # rows held before the flusher is woken early
-MAX_STEP = 2**53  # steps are stored through float64 in memory: exact up to here
+DISK_RESERVE = 16 << 20  # stop writing, cleanly, while at least this much space is still free
+
+
+class DiskAlmostFull(OSError):
+    """Raised by the flusher before a write that could fill the disk (the file is then closed cleanly)."""
+MAX_EXACT_STEP = 2**53  # steps pass through float64 in memory: exact up to here (docs/format.md)
 
 
 class Series:
@@ -171,11 +176,7 @@ class Recorder:
         if isinstance(step, bool) or not hasattr(step, "__index__"):
             self._reject(s, f"step {step!r:.40} of type {type(step).__name__} is not an integer")
             return None
-        step = int(step.__index__())
-        if abs(step) > MAX_STEP:
-            self._reject(s, f"step {step} is outside ±2**53")
-            return None
-        return step
+        return int(step.__index__())
 
     def _reject(self, s: Series, why: str) -> None:
         s.rejected += 1
@@ -266,6 +267,7 @@ class Recorder:
             return
         try:
             self._check_file()
+            self._check_space(len(chunk) // 4)
             w = self._writer
             w.append_strings(schema.DS_SERIES, defs)  # definitions before the rows that use them
             w.append_strings(schema.DS_RECORDS, recs)
@@ -297,6 +299,14 @@ class Recorder:
         if (st.st_dev, st.st_ino) != self._writer.inode:
             raise OSError(f"rank file {self.path} was replaced by another file while the run was writing it")
 
+    def _check_space(self, rows: int) -> None:
+        st = os.statvfs(os.path.dirname(self.path))
+        free = st.f_bavail * st.f_frsize
+        need = DISK_RESERVE + 2 * 24 * rows
+        if free < need:
+            raise DiskAlmostFull(f"only {free / 2**20:.1f} MiB free on the file system of {self.path} "
+                                 f"(keeping {DISK_RESERVE >> 20} MiB in reserve); the disk is almost full")
+
     def _fail_writes(self, exc: BaseException, lost: int) -> None:
         self._dead = True
         self.dropped_rows += lost
@@ -306,6 +316,17 @@ class Recorder:
         logger.error("%s. Training continues; nothing more is recorded on this rank. Everything flushed "
                      "before (%d rows, up to %s) stays readable in %s", self.reason, self.flushed_rows,
                      time.strftime("%H:%M:%S", time.localtime(self.last_flush)), self.path)
+        if isinstance(exc, DiskAlmostFull):  # nothing failed yet: close properly while there is room
+            try:
+                now = time.time()
+                self._writer.set_attrs({schema.A_STATUS: schema.STATUS_FAILED, schema.A_STATUS_REASON: self.reason,
+                                        schema.A_END_UNIX: now, schema.A_END_TIME: iso_utc(now),
+                                        schema.A_PROBLEMS: dict(self.problems)})
+                self._writer.flush()
+                self._writer.close()
+                return
+            except Exception:  # noqa: BLE001, S110 - fall through to abandoning the handle
+                pass
         self._writer.abandon()
 
     # ------------------------------------------------------------------ closing
@@ -361,13 +382,9 @@ class Recorder:
         self._closed = True
         self._dead = True
         self._buf = []
-        try:
-            fd = self._writer.fd()
-            null = os.open(os.devnull, os.O_RDWR)
-            os.dup2(null, fd)
-            os.close(null)
-        except Exception:  # noqa: BLE001, S110 - best effort; the handle is kept alive either way
-            pass
+        from .rankfile import redirect_to_devnull
+
+        redirect_to_devnull(self._writer.fd_or_none())
         _INHERITED.append(self._writer)
 
 

@@ -202,7 +202,10 @@ def start_run(
             schema.A_PACKAGES: package_versions(), schema.A_ARGV: list(sys.argv), schema.A_CWD: os.getcwd(),
             schema.A_ENV: environment_snapshot(env), "slurm": slurm_snapshot(env),
             "user": _user_name(), "hostname": _hostname(),
+            "source": _capture_source(git=identity.global_rank == 0),
         }
+        if identity.local_rank == 0:  # once per node: the software stack is the node's
+            attrs["distributions"] = _distributions()
         try:
             recorder = Recorder(path, attrs, config)
         except OSError as exc:
@@ -513,6 +516,29 @@ def _install_process_hooks() -> None:
     import atexit
 
     atexit.register(_at_exit)
+
+
+def _capture_source(git: bool) -> dict[str, Any]:
+    """The script's sha256 and its git commit/dirty flag/remote (never raises)."""
+    try:
+        from .capture import capture_source
+
+        main = sys.modules.get("__main__")
+        script = getattr(main, "__file__", None) or (sys.argv[0] if sys.argv and sys.argv[0] else None)
+        if not script or not os.path.isfile(script):
+            return {"script": script or "<interactive>"}
+        return capture_source(script, git=git)
+    except Exception as exc:  # noqa: BLE001 - capture is best effort
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _distributions() -> dict[str, str]:
+    try:
+        from .capture import installed_distributions
+
+        return installed_distributions()
+    except Exception:  # noqa: BLE001
+        return {}
 
 
 def _user_name() -> str | None:

@@ -121,6 +121,23 @@ def _do_merge(run_dir: str, *, strict: bool, query_slurm: bool, quiet: bool = Fa
     return merge_run(run_dir, strict=strict, query_slurm=query_slurm)
 
 
+# ---- import-yprov4ml ------------------------------------------------------------------------------------
+@main.command("import-yprov4ml")
+@click.argument("src_dir", type=click.Path(exists=True, file_okay=False, dir_okay=True))
+@click.option("--run-dir", envvar="PROV4ML_HPC_RUN_DIR", default="prov4ml_runs", show_default=True,
+              type=click.Path(file_okay=False), help="RUN_ROOT to create the imported run in")
+@click.option("--experiment", default=None, help="experiment name [default: the yProv4ML experiment's]")
+@click.option("--merge/--no-merge", default=True, show_default=True, help="merge the imported run")
+def import_yprov4ml_cmd(src_dir: str, run_dir: str, experiment: str | None, merge: bool) -> None:
+    """Turn a yProv4ML run directory (PROV-JSON + metric CSV/NetCDF files) into a prov4ml-hpc run."""
+    from .importer import import_yprov4ml
+
+    new_dir = import_yprov4ml(src_dir, run_dir, experiment=experiment)
+    if merge:
+        _do_merge(new_dir, strict=False, query_slurm=False, quiet=True)
+    click.echo(new_dir)
+
+
 # ---- entry point for `python -m prov4ml_hpc` -------------------------------------------------------------
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -21,7 +21,7 @@ from . import schema
 from .errors import RankFileError
 
 _JSON_ATTRS = {schema.A_ARGV, schema.A_ENV, schema.A_PACKAGES, schema.A_PROBLEMS, schema.A_HARDWARE,
-               schema.A_TOTALS, "slurm"}
+               schema.A_TOTALS, "slurm", "source", "distributions"}
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Where a run lives: RUN_ROOT/EXPERIMENT/RUN_ID, the same on every rank without any rank listing directories.
 
 The run id comes, in order, from the caller, PROV4ML_HPC_RUN_ID, the SLURM job (``<job>`` or
-``<arrayjob>_<task>``), torchrun's TORCHELASTIC_RUN_ID, or is agreed over MPI (rank 0 draws it, a broadcast
+``<arrayjob>_<task>``), torchrun's TORCHELASTIC_RUN_ID, or is agreed over torch.distributed / torchrun's store or MPI (rank 0 draws it, a broadcast
 tells the others); a single process draws its own.  The attempt number is SLURM_RESTART_COUNT (or
 PROV4ML_HPC_ATTEMPT): a requeued job continues the same run and writes new rank files beside the old ones.
 """
@@ -78,6 +78,15 @@ def _agree_over_mpi(identity: Identity) -> str:
     return comm.bcast(run_id, root=0)
 
 
+def _agree_over_torch(identity: Identity, env: Mapping[str, str]) -> str | None:
+    """Under torchrun without a rendezvous id (or torch.distributed already initialised): rank 0's id."""
+    if identity.source != "torchrun":
+        return None
+    from .integrations.torch_dist import agree_run_id_torch
+
+    return agree_run_id_torch(identity.world_size, env)
+
+
 def resolve_location(
     identity: Identity,
     run_root: str | None = None,
@@ -97,11 +106,15 @@ def resolve_location(
         rid, source = check_component(f"slurm-{sid}", "SLURM run id"), "slurm"
     elif identity.torchelastic_run_id:
         rid, source = check_component(f"torchrun-{identity.torchelastic_run_id}", "torchrun run id"), "torchrun"
+    elif identity.world_size > 1 and (tid := _agree_over_torch(identity, env)) is not None:
+        rid, source = check_component(tid, "torch.distributed run id"), "torch"
     elif identity.world_size > 1:
         rid, source = _agree_over_mpi(identity), "mpi"
     else:
         rid, source = new_local_id(), "local"
     attempt_raw = env.get(ATTEMPT_ENV)
+    if not attempt_raw and identity.source == "torchrun":  # restarted torchrun workers keep their run id
+        attempt_raw = env.get("TORCHELASTIC_RESTART_COUNT")
     try:
         attempt = int(attempt_raw) if attempt_raw else identity.restart_count
     except ValueError:

@@ -11,6 +11,9 @@ PY=${PYTHON:-python3}
 echo "== python packages" >&2
 "$PY" -m pip install -q --disable-pip-version-check -e ".[test]"
 if [ -f requirements-ml.txt ]; then
+    # torch first, alone: `pip install torch==2.13.0` takes the CPU wheel that lies on this kind of machine;
+    # resolving it together with lightning could pull a multi-GB CUDA build
+    "$PY" -m pip install -q --disable-pip-version-check "$(grep -E '^torch==' requirements-ml.txt)"
     "$PY" -m pip install -q --disable-pip-version-check -r requirements-ml.txt
 fi
 

@@ -1,0 +1,1 @@
+"""Integrations with training frameworks (PyTorch distributed, Lightning); each imports its framework lazily."""

@@ -22,7 +22,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def safe_component(part: str) -> str:
     """One file-name component that cannot be '', '.', '..', hidden, or contain a separator."""
-    cleaned = _BAD.sub(lambda m: "%{:02X}".format(ord(m.group(0)) & 0xFF) if ord(m.group(0)) < 256
+    cleaned = _BAD.sub(lambda m: f"%{ord(m.group(0)) & 0xFF:02X}" if ord(m.group(0)) < 256
                        else "_", part)
     if cleaned.strip(".") == "" or cleaned.startswith("."):
         cleaned = "_" + cleaned

@@ -6,6 +6,7 @@ Data goes to stdout, messages to stderr.  Errors: ClickException (exit 1), Usage
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import shutil
 import subprocess
@@ -113,12 +114,150 @@ def _print_run_files(run_path: str) -> None:
 
 
 # ---- merge ---------------------------------------------------------------------------------------------
-def _do_merge(run_dir: str, *, strict: bool, query_slurm: bool, quiet: bool = False):
-    try:
-        from .merge import merge_run
-    except ImportError:
+def _do_merge(run_dir: str, *, strict: bool, query_slurm: bool, quiet: bool = False, comm=None,
+              block_rows: int | None = None, progress: bool | None = None):
+    from .merge import merge_run
+
+    kwargs = {} if block_rows is None else {"block_rows": block_rows}
+    show = _progress_printer("merge") if (progress is None or progress) and not quiet else None
+    return merge_run(run_dir, strict=strict, query_slurm=query_slurm, comm=comm, progress=show, **kwargs)
+
+
+@main.command()
+@_run_dir_arg()
+@click.option("--strict", is_flag=True, help="fail (exit 1, nothing written) if any rank is partial, missing "
+              "or corrupt")
+@click.option("--slurm/--no-slurm", default=True, show_default=True,
+              help="ask scontrol/sacct about the job (unknown when they do not answer)")
+@click.option("--mpi", is_flag=True, help="split the rank files over the processes of `mpiexec -n K`/`srun`")
+@click.option("--progress/--no-progress", default=None, help="progress bar [default: when stderr is a terminal]")
+@click.option("--block-rows", type=click.IntRange(1000, 10**9), default=None,
+              help="rows read per block (memory bound) [default: 1000000]")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@click.pass_context
+def merge(ctx: click.Context, run_dir: str, strict: bool, slurm: bool, mpi: bool, progress: bool | None,
+          block_rows: int | None, as_json: bool) -> None:
+    """Merge a run's rank files into run.h5 and ONE provenance.json (also for crashed or killed jobs).
+
+    Exit status: 0 every rank complete; 1 some rank partial, missing or corrupt (outputs still written,
+    unless --strict).
+    """
+    comm = None
+    if mpi:
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            raise click.UsageError('--mpi needs mpi4py: pip install "prov4ml-hpc[mpi]"') from None
+        comm = MPI.COMM_WORLD
+    result = _do_merge(run_dir, strict=strict, query_slurm=slurm, comm=comm, block_rows=block_rows,
+                       progress=progress)
+    if comm is not None and comm.Get_rank() != 0:
+        ctx.exit(result.exit_code)
+    if as_json:
+        click.echo(json.dumps({"run_dir": result.run_dir, "outputs": result.outputs, "ranks": result.ranks,
+                               "problems": result.problems, "exit_code": result.exit_code,
+                               "values": result.values, "seconds": result.seconds,
+                               "processes": result.processes}, indent=2))
+    else:
+        counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(result.ranks.items()) if v)
+        click.echo(f"merged {result.values:,} values of {counts} in {result.seconds:.1f} s "
+                   f"({result.processes} process{'es' if result.processes > 1 else ''})")
+        for name, path in sorted(result.outputs.items()):
+            click.echo(f"  {name}: {path}")
+        for problem in result.problems:
+            click.echo(f"  problem: {problem}", err=True)
+    ctx.exit(result.exit_code)
+
+
+# ---- inspect / report / compare / export ------------------------------------------------------------------
+@main.command()
+@_run_dir_arg()
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON instead of text")
+def inspect(run_dir: str, as_json: bool) -> None:
+    """What is in a run: job, ranks by status, series, parameters, artifacts, energy, sizes.
+
+    Works on a running job, an unmerged one and a merged one.
+    """
+    from .summary import format_summary, summarize
+
+    d = summarize(run_dir)
+    click.echo(json.dumps(d, indent=2, default=str) if as_json else format_summary(d), nl=as_json)
+
+
+@main.command()
+@_run_dir_arg()
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="output folder [default: RUN_DIR/report]")
+@click.option("--embed", is_flag=True, help="put the images inside index.html as data: URIs")
+def report(run_dir: str, out_dir: str | None, embed: bool) -> None:
+    """Write PNG plots and one self-contained HTML page for a run; prints the page's path."""
+    from .report import write_report
+
+    click.echo(write_report(run_dir, out_dir, embed=embed, progress=_progress_printer("report")))
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--metric", default=None, help="also draw this metric of every run in one PNG")
+@click.option("--context", default="training", show_default=True, help="context of --metric")
+@click.option("-o", "--output", "out_png", type=click.Path(dir_okay=False), default=None,
+              help="PNG path [default: compare-<metric>.png]")
+@click.option("--json", "as_json", is_flag=True, help="print the comparison as JSON")
+def compare(run_dirs: tuple[str, ...], metric: str | None, context: str, out_png: str | None,
+            as_json: bool) -> None:
+    """Parameters that differ and final/best metrics of several runs side by side."""
+    from .compare import compare_runs, format_comparison, plot_overlay
+
+    c = compare_runs(list(run_dirs))
+    click.echo(json.dumps(c, indent=2, default=str) if as_json else format_comparison(c), nl=as_json)
+    if metric:
+        click.echo(plot_overlay(list(run_dirs), metric, context, out_png or f"compare-{metric}.png"), err=True)
+
+
+EXPORT_FORMATS = ("json", "provn", "xml", "jsonld", "ttl", "dot", "svg", "rocrate")
+_SUFFIX = {"json": "json", "provn": "provn", "xml": "provx", "jsonld": "jsonld", "ttl": "ttl", "dot": "dot",
+           "svg": "svg"}
+
+
+@main.command()
+@_run_dir_arg()
+@click.option("--format", "fmt", required=True, type=click.Choice(EXPORT_FORMATS),
+              help="PROV serialisation, a graph picture, or a Workflow Run RO-Crate")
+@click.option("-o", "--output", "out", type=click.Path(), default=None,
+              help="output path [default: RUN_DIR/provenance.<ext>; rocrate: RUN_DIR/ro-crate-metadata.json "
+                   "in place, PATH.zip for a zip, another PATH for a new directory crate]")
+def export(run_dir: str, fmt: str, out: str | None) -> None:
+    """Export the run's provenance graph (from provenance.json) or the run as an RO-Crate."""
+    from . import schema
+
+    if fmt == "rocrate":
+        from .crate import write_crate
+
+        click.echo(write_crate(run_dir, out))
+        return
+    from .provenance.export import load_prov_json, write_export
+
+    prov_path = os.path.join(run_dir, schema.PROV_FILE)
+    if not os.path.exists(prov_path):
+        raise click.ClickException(f"{prov_path} does not exist: run `prov4ml-hpc merge {run_dir}` first")
+    doc = load_prov_json(prov_path)
+    target = out or os.path.join(run_dir, f"provenance.{_SUFFIX[fmt]}")
+    write_export(doc, target, fmt)
+    click.echo(target)
+
+
+def _progress_printer(what: str):
+    """A progress callback (done, total, label) drawing one line on stderr when stderr is a terminal."""
+    if not sys.stderr.isatty():
         return None
-    return merge_run(run_dir, strict=strict, query_slurm=query_slurm)
+
+    def show(done: int, total: int, label: str = "") -> None:
+        width = 30
+        filled = int(width * done / total) if total else width
+        click.echo(f"\r{what} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label[:40]:<40}",
+                   err=True, nl=done >= total)
+
+    return show
 
 
 # ---- import-yprov4ml ------------------------------------------------------------------------------------

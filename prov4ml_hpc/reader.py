@@ -116,6 +116,22 @@ class RankFile:
         return out[["step", "value", "time"]]
 
 
+def discover_rank_files(run_dir: str | os.PathLike) -> list[tuple[int, int, str]]:
+    """(global_rank, attempt, path relative to run_dir) of every rank file of a run, sorted by attempt then
+    rank; [] when there is no ranks/ folder.  Other names in ranks/ (temporary files) are ignored."""
+    ranks_dir = os.path.join(run_dir, schema.RANKS_DIR)
+    try:
+        names = os.listdir(ranks_dir)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        parsed = schema.parse_rank_file_name(name)
+        if parsed is not None:
+            out.append((parsed[0], parsed[1], os.path.join(schema.RANKS_DIR, name)))
+    return sorted(out, key=lambda x: (x[1], x[0]))
+
+
 def _decode_attr(key: str, value: Any) -> Any:
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")

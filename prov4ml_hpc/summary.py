@@ -154,17 +154,9 @@ def load_run(run_dir: str | os.PathLike, *, values: bool = True) -> RunInfo:
 
 
 def _discover(run_dir: str) -> list[tuple[int, int, str]]:
-    ranks_dir = os.path.join(run_dir, schema.RANKS_DIR)
-    try:
-        names = os.listdir(ranks_dir)
-    except FileNotFoundError:
-        return []
-    out = []
-    for name in names:
-        parsed = schema.parse_rank_file_name(name)
-        if parsed is not None:
-            out.append((parsed[0], parsed[1], os.path.join(schema.RANKS_DIR, name)))
-    return sorted(out, key=lambda x: (x[1], x[0]))
+    from .reader import discover_rank_files
+
+    return discover_rank_files(run_dir)
 
 
 def _stale_reason(run_path: str, found: list[tuple[int, int, str]]) -> str | None:

@@ -54,18 +54,10 @@ class RankHeader:
 
 def discover(run_dir: str) -> list[Found]:
     """Rank files under run_dir/ranks, sorted by (attempt, global_rank); [] when there are none."""
-    ranks_dir = os.path.join(run_dir, schema.RANKS_DIR)
-    try:
-        names = os.listdir(ranks_dir)
-    except FileNotFoundError:
-        return []
-    out = []
-    for name in names:
-        parsed = schema.parse_rank_file_name(name)
-        if parsed is not None:
-            path = os.path.join(ranks_dir, name)
-            out.append(Found(parsed[0], parsed[1], path, os.path.join(schema.RANKS_DIR, name)))
-    return sorted(out, key=lambda f: (f.attempt, f.global_rank))
+    from ..reader import discover_rank_files
+
+    return [Found(rank, attempt, os.path.join(run_dir, rel), rel)
+            for rank, attempt, rel in discover_rank_files(run_dir)]
 
 
 def open_rank(found: Found) -> tuple[RankHeader, RankFile | None]:

@@ -46,6 +46,7 @@ class Run:
         self.sampler = None
         self._end_hooks: list[Callable[[Run], None]] = []
         self.final_status: str | None = None
+        self.started_by: str | None = None  # "launcher" or "hook" when they started it
 
     # identity -----------------------------------------------------------------------------------------
     @property
@@ -94,9 +95,9 @@ class Run:
         if exc_type is None:
             end_run()
         elif issubclass(exc_type, KeyboardInterrupt):
-            end_run(status=schema.STATUS_CANCELLED, reason="KeyboardInterrupt")
+            end_run(status=schema.STATUS_CANCELLED, reason="KeyboardInterrupt", gather=False)
         else:
-            end_run(status=schema.STATUS_FAILED, reason=f"{exc_type.__name__}: {exc}")
+            end_run(status=schema.STATUS_FAILED, reason=f"{exc_type.__name__}: {exc}", gather=False)
 
     # logging (same as the module functions) -----------------------------------------------------------
     def log_metric(self, key: str, value: Any, step: int | None = None, context: str = TRAINING) -> None:
@@ -169,6 +170,11 @@ def start_run(
     from .runs import resolve_location
 
     with _lock:
+        if _active is not None and getattr(_active, "started_by", None) in ("launcher", "hook"):
+            # the script runs under `prov4ml-hpc run` or the import hook: its own start_run joins that run
+            logger.info("start_run: using the run %s already started by the %s (arguments ignored)",
+                        _active.run_id, _active.started_by)
+            return _active
         if _active is not None:
             raise RunAlreadyActiveError(
                 f"a run is already active in this process ({_active.run_id}, rank file {_active.rank_file}); "
@@ -228,18 +234,31 @@ def _start_extensions(run: Run, *, system_metrics, sample_interval, gather) -> N
     extensions.on_start(run, system_metrics=system_metrics, sample_interval=sample_interval, gather=gather)
 
 
-def end_run(status: str | None = None, reason: str | None = None) -> str | None:
+def end_run(status: str | None = None, reason: str | None = None, *, gather: bool = True) -> str | None:
     """Flush and close this rank's file and set its final status (default "completed").
 
-    Under MPI, rank 0 then gathers the ranks and writes run.h5 and provenance.json (see docs/merge.md).
+    Under MPI, rank 0 then gathers the ranks and writes run.h5 and provenance.json (see docs/merge.md);
+    ``gather=False`` skips that (a failing or signalled rank must not enter a gather: `prov4ml-hpc merge` does
+    it after the job).  Under the launcher or the import hook, the script's own end_run() is left to them.
     Returns the final status, or None when no run was active.
     """
+    run = _active
+    if run is not None and run.started_by in ("launcher", "hook"):
+        logger.info("end_run: the %s ends this run when the script is done", run.started_by)
+        return run.status
+    return close_run(status, reason, gather=gather)
+
+
+def close_run(status: str | None = None, reason: str | None = None, *, gather: bool = True) -> str | None:
+    """end_run for the launcher, the import hook, signal handlers and interpreter exit: always closes."""
     global _active, _hot
     with _lock:
         run = _active
         if run is None:
             return None
         _active, _hot = None, None
+    if not gather:
+        run._end_hooks.clear()
     from . import extensions
 
     extensions.on_end(run)
@@ -491,9 +510,10 @@ def _excepthook(exc_type, exc, tb) -> None:
     if run is not None and threading.current_thread() is threading.main_thread():
         try:
             if issubclass(exc_type, KeyboardInterrupt):
-                end_run(status=schema.STATUS_CANCELLED, reason="KeyboardInterrupt")
+                close_run(status=schema.STATUS_CANCELLED, reason="KeyboardInterrupt", gather=False)
             else:
-                end_run(status=schema.STATUS_FAILED, reason=f"uncaught {exc_type.__name__}: {exc}")
+                close_run(status=schema.STATUS_FAILED, reason=f"uncaught {exc_type.__name__}: {exc}",
+                          gather=False)
         except Exception:  # noqa: BLE001, S110 - never hide the user's traceback
             pass
     (_prev_excepthook or sys.__excepthook__)(exc_type, exc, tb)
@@ -501,7 +521,7 @@ def _excepthook(exc_type, exc, tb) -> None:
 
 def _at_exit() -> None:
     if _active is not None and os.getpid() == _active.recorder._pid:
-        end_run()
+        close_run()
 
 
 def _install_process_hooks() -> None:

@@ -260,6 +260,74 @@ def _progress_printer(what: str):
     return show
 
 
+# ---- run / sbatch --------------------------------------------------------------------------------------
+@main.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+              add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def run_cmd(args: tuple[str, ...]) -> None:
+    """Run SCRIPT|-m MODULE|-c CMD [ARGS...] with this rank recording (`prov4ml-hpc run --help` for options).
+
+    The launcher for `srun`: options stop at the script name; the script runs as __main__; the rank file is
+    always flushed and closed; SIGTERM/SIGINT are recorded; an uncaught exception is recorded and, under MPI,
+    aborts the job instead of leaving other ranks waiting.
+    """
+    from .run import launch
+
+    raise SystemExit(launch(list(args)))
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("template", type=click.Choice(["single-node", "multi-node", "array", "merge"]))
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--job-name", default=None, help="#SBATCH --job-name ([A-Za-z0-9_.-])")
+@click.option("--nodes", type=click.IntRange(1), default=None)
+@click.option("--ntasks-per-node", type=click.IntRange(1), default=None)
+@click.option("--gpus-per-node", default=None, help="GPUs per node (0: none), e.g. 4 or a100:4")
+@click.option("--cpus-per-task", type=click.IntRange(1), default=None)
+@click.option("--mem", default=None, help="#SBATCH --mem, e.g. 64G")
+@click.option("--time", default=None, help="time limit in a SLURM format, e.g. 02:00:00 or 1-00:00:00")
+@click.option("--partition", default=None)
+@click.option("--account", default=None)
+@click.option("--qos", default=None)
+@click.option("--output", default=None, help="#SBATCH --output pattern")
+@click.option("--signal", default=None, help="#SBATCH --signal, e.g. B:USR1@120")
+@click.option("--requeue", is_flag=True, default=None, help="#SBATCH --requeue")
+@click.option("--array", default=None, help="array indices (array template), e.g. 0-7%2")
+@click.option("--run-dir", default=None, help="RUN_ROOT on a file system the compute nodes can write")
+@click.option("--experiment", default=None)
+@click.option("--hook", is_flag=True, default=False, help="record with the import hook (script unchanged, "
+              "no launcher in the command)")
+@click.option("--python", default=None, help="python executable on the compute nodes [default: python3]")
+@click.option("--merge/--no-merge", default=None, help="submit the dependent merge job [default: yes]")
+@click.option("--merge-time", default=None, help="time limit of the merge job")
+@click.option("--mpi", default=None, help="srun --mpi value, e.g. pmi2 or pmix")
+@click.option("--run-path", default=None, help="merge template: the run directory to merge")
+@click.option("--dependency", default=None, help="merge template: e.g. afterany:1234")
+@click.option("--submit", is_flag=True, help="submit with sbatch (prints the job ids) instead of printing")
+def sbatch(template: str, command: tuple[str, ...], hook: bool, submit: bool, **options) -> None:
+    """Render a job script from the shipped templates (print it, or --submit it).
+
+    The training command goes after `--`: prov4ml-hpc sbatch single-node --nodes 1 -- train.py --lr 0.1
+    Every value is validated and every command word shell-quoted.
+    """
+    from .jobscripts.render import render_template
+    from .jobscripts.render import submit as submit_job
+
+    opts = {k: v for k, v in options.items() if v is not None}
+    if hook:
+        opts["mode"] = "hook"
+    if command:
+        opts["command"] = list(command)
+    elif template != "merge":
+        raise click.UsageError("give the training command after `--`, e.g. `-- train.py --epochs 10`")
+    text = render_template(template, **opts)
+    if submit:
+        for job_id in submit_job(text):
+            click.echo(job_id)
+    else:
+        click.echo(text, nl=False)
+
+
 # ---- import-yprov4ml ------------------------------------------------------------------------------------
 @main.command("import-yprov4ml")
 @click.argument("src_dir", type=click.Path(exists=True, file_okay=False, dir_okay=True))

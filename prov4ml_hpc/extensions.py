@@ -36,7 +36,8 @@ def on_start(run: Any, *, system_metrics: bool | None, sample_interval: float | 
         except Exception as exc:  # noqa: BLE001 - sampling is optional, training is not
             run.recorder.problem("sampler_start_failed",
                                  f"system sampling could not start: {type(exc).__name__}: {exc}")
-    if run.world_size > 1 and _flag(gather, GATHER_ENV, True):
+    # the gather talks MPI: not for torchrun/torch.distributed jobs (merge after the job instead)
+    if run.world_size > 1 and run.identity.source != "torchrun" and _flag(gather, GATHER_ENV, True):
         try:
             from .gather import gather_at_end
         except ImportError:

@@ -157,14 +157,34 @@ def _json_lines(ds, what: str, problems: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def read_rank_file(path: str | os.PathLike) -> RankFile:
+class _Unstable(RankFileError):
+    """A read failed in a way a concurrent writer can cause (the file may just be mid-flush)."""
+
+
+def read_rank_file(path: str | os.PathLike, *, retries: int = 4) -> RankFile:
     """Open a rank file, check its format and schema version, and read its metadata and records.
+
+    A rank file being written (a running job) has no SWMR guarantee: a read that races the writer's flush can
+    fail or see half-written metadata.  Such failures are retried ``retries`` times, 0.2 s apart (the writer
+    flushes in milliseconds), before the file is called damaged.
 
     Raises:
         RankFileError: the file is missing, is not an HDF5 file, was not written by prov4ml-hpc, or has a
             newer schema version than this reader understands.
     """
-    path = os.fspath(path)
+    import time
+
+    for attempt in range(retries + 1):
+        try:
+            return _read_rank_file(os.fspath(path))
+        except _Unstable as exc:
+            if attempt == retries:
+                raise RankFileError(str(exc)) from exc
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
+def _read_rank_file(path: str) -> RankFile:
     if not os.path.exists(path):
         raise RankFileError(f"rank file {path} does not exist")
     from .rankfile import _open_h5
@@ -176,7 +196,7 @@ def read_rank_file(path: str | os.PathLike) -> RankFile:
     except Exception as exc:  # noqa: BLE001 - h5py raises OSError, sometimes others
         repaired = _repair_truncated(path, str(exc))
         if repaired is None:
-            raise RankFileError(f"rank file {path} cannot be opened as HDF5 ({type(exc).__name__}: {exc}); it "
+            raise _Unstable(f"rank file {path} cannot be opened as HDF5 ({type(exc).__name__}: {exc}); it "
                                 "may be truncated or corrupt") from exc
         read_path, keep = repaired
         problems.append("the file is shorter than HDF5 expects (a write failed: full disk, quota or file size "
@@ -187,6 +207,8 @@ def read_rank_file(path: str | os.PathLike) -> RankFile:
         with f:
             attrs = {k: _decode_attr(k, v) for k, v in f.attrs.items()}
             fmt = attrs.get(schema.A_FORMAT)
+            if fmt is None:  # a file just created by its writer has no attributes on disk yet
+                raise _Unstable(f"{path} has no format attribute yet (being created?)")
             if fmt != schema.RANK_FORMAT:
                 raise RankFileError(f"{path} is not a prov4ml-hpc rank file (format attribute {fmt!r}, expected "
                                     f"{schema.RANK_FORMAT!r})")
@@ -196,7 +218,7 @@ def read_rank_file(path: str | os.PathLike) -> RankFile:
                                     f"{schema.SCHEMA_VERSION}: upgrade prov4ml-hpc to read it")
             for name in (schema.DS_ROWS, schema.DS_SERIES, schema.DS_RECORDS):
                 if name not in f:
-                    raise RankFileError(f"{path} has no {name!r} dataset: the file is incomplete")
+                    raise _Unstable(f"{path} has no {name!r} dataset: the file is incomplete")
             raw_series = _json_lines(f[schema.DS_SERIES], "series", problems)
             series = [SeriesDef(int(s["id"]), s["name"], s["context"], s.get("kind", schema.KIND_METRIC),
                                 s.get("unit")) for s in raw_series]
@@ -208,7 +230,7 @@ def read_rank_file(path: str | os.PathLike) -> RankFile:
     except RankFileError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise RankFileError(f"rank file {path} is damaged: {type(exc).__name__}: {exc}") from exc
+        raise _Unstable(f"rank file {path} is damaged: {type(exc).__name__}: {exc}") from exc
     flushed = attrs.get(schema.A_FLUSHED_ROWS)
     nrows = shape_rows if flushed is None else min(shape_rows, int(flushed))
     if flushed is not None and shape_rows != int(flushed):

@@ -150,7 +150,7 @@ def start_run(
         run_dir: RUN_ROOT; default PROV4ML_HPC_RUN_DIR or ./prov4ml_runs.
         run_id: force the run id (every rank must pass the same); default from SLURM, torchrun or MPI.
         flush_interval: seconds between flushes (default 1.0, PROV4ML_HPC_FLUSH_INTERVAL).
-        buffer_rows: rows buffered before an early flush (default 32768, PROV4ML_HPC_BUFFER_ROWS).
+        buffer_rows: rows buffered before an early flush (default 8192, PROV4ML_HPC_BUFFER_ROWS).
         copy_artifacts: copy logged artifacts into the run directory (default False).
         system_metrics: sample CPU/memory/GPU/energy in a thread (default True, see docs/metrics.md).
         sample_interval: seconds between system samples (default 1.0).
@@ -166,7 +166,8 @@ def start_run(
     """
     global _active, _hot
     from .environment import detect_identity, environment_snapshot, slurm_snapshot
-    from .recorder import Recorder, RecorderConfig, iso_utc, package_versions, python_version
+    from .recorder import (DEFAULT_BUFFER_ROWS, Recorder, RecorderConfig, iso_utc, package_versions,
+                           python_version)
     from .runs import resolve_location
 
     with _lock:
@@ -185,7 +186,7 @@ def start_run(
         location = resolve_location(identity, run_dir, experiment, run_id, env)
         config = RecorderConfig(
             flush_interval=flush_interval if flush_interval is not None else _env_float(FLUSH_INTERVAL_ENV, 1.0),
-            buffer_rows=int(buffer_rows if buffer_rows is not None else _env_float(BUFFER_ROWS_ENV, 32768)),
+            buffer_rows=int(buffer_rows if buffer_rows is not None else _env_float(BUFFER_ROWS_ENV, DEFAULT_BUFFER_ROWS)),
         )
         if config.flush_interval <= 0 or config.buffer_rows <= 0:
             raise ConfigError(f"flush_interval ({config.flush_interval}) and buffer_rows ({config.buffer_rows}) "

@@ -30,7 +30,8 @@ from .errors import InvalidNameError
 from .log import logger
 
 DEFAULT_FLUSH_INTERVAL = 1.0  # seconds; with the write itself, at most ~2 s of data is ever unflushed
-DEFAULT_BUFFER_ROWS = 32768  # rows held before the flusher is woken early
+DEFAULT_BUFFER_ROWS = 8192  # rows held before the flusher is woken early
+HARD_FACTOR = 8  # the hot path waits for the flusher past this many times buffer_rows
 DISK_RESERVE = 16 << 20  # stop writing, cleanly, while at least this much space is still free
 
 
@@ -81,6 +82,8 @@ class Recorder:
         self._writer = RankFileWriter(path, {**attrs, schema.A_STATUS: schema.STATUS_RUNNING})
         self._buf: list = []  # flat: series id, step, value, time, series id, ...
         self._cap = 4 * max(1, int(self.config.buffer_rows))
+        self._hard_cap = HARD_FACTOR * self._cap
+        self._no_backpressure = False
         self._kicked = False
         self._series: dict[str, dict[str, Series]] = {}  # context -> name -> Series
         self._series_list: list[Series] = []
@@ -127,11 +130,31 @@ class Recorder:
         s.next_step = step + 1
         buf = self._buf
         buf.extend((s.id, step, value, _time()))
-        if len(buf) >= self._cap and not self._kicked:
-            self._kicked = True
-            self._wake.set()
+        if len(buf) >= self._cap:
+            self._buffer_full()
 
     # ------------------------------------------------------------------ slow paths
+    def _buffer_full(self) -> None:
+        """buffer_rows rows are waiting: wake the flusher; past HARD_FACTOR times that, wait for it.
+
+        Memory is bounded by the buffer size, not by the logging rate: a loop that logs faster than the
+        flusher can write (millions of values per second) is slowed down here, never the normal case."""
+        if not self._kicked:
+            self._kicked = True
+            self._wake.set()
+        if len(self._buf) < self._hard_cap or self._no_backpressure or self._closed:
+            return
+        if threading.current_thread() is self._flusher:
+            return
+        deadline = time.monotonic() + 10.0
+        while len(self._buf) >= self._cap and not self._closed:
+            time.sleep(0.0002)  # lets the flusher hold the GIL
+            if time.monotonic() > deadline:
+                self._no_backpressure = True
+                self.problem("flusher_stalled", "the rank file's flusher has not drained the buffer for 10 s; "
+                             "logging goes on without waiting (memory may grow)")
+                return
+
     def _check_names(self, name: Any, context: Any) -> None:
         if type(name) is not str:
             raise InvalidNameError(f"metric name must be a str, got {type(name).__name__} {name!r}")
@@ -248,31 +271,37 @@ class Recorder:
                 return
             self._flush_locked()
 
-    def _take(self) -> tuple[list[str], list[str], Any]:
+    def _take(self) -> tuple[list[str], list[str], int]:
+        """Pending definitions and records, and how many buffered items (4 per row) this flush writes."""
         with self._slow_lock:
             defs, self._new_defs = self._new_defs, []
             recs, self._records = self._records, []
-        buf = self._buf
-        n = len(buf)
-        n -= n % 4  # extend() is atomic, so n is a multiple of 4 already; be safe anyway
-        chunk = buf[:n]
-        del buf[:n]  # only the flusher removes, and only from the front
+        n = len(self._buf)
         self._kicked = False
-        return defs, recs, chunk
+        return defs, recs, n - n % 4  # extend() is atomic, so n is a multiple of 4 already; be safe anyway
+
+    def _pop_rows(self, k: int) -> list:
+        buf = self._buf
+        chunk = buf[:k]
+        del buf[:k]  # only the flusher removes, and only from the front
+        return chunk
 
     def _flush_locked(self) -> None:
-        defs, recs, chunk = self._take()
+        defs, recs, n = self._take()
         if self._dead:
-            self.dropped_rows += len(chunk) // 4
+            self._pop_rows(n)
+            self.dropped_rows += n // 4
             return
         try:
             self._check_file()
-            self._check_space(len(chunk) // 4)
+            self._check_space(n // 4)
             w = self._writer
             w.append_strings(schema.DS_SERIES, defs)  # definitions before the rows that use them
             w.append_strings(schema.DS_RECORDS, recs)
-            if chunk:
-                w.append_rows(_to_rows(chunk))
+            while n > 0:  # in slices of buffer_rows: the temporaries stay small whatever the backlog
+                k = min(n, self._cap)
+                w.append_rows(_to_rows(self._pop_rows(k)))
+                n -= k
             now, mono = time.time(), time.monotonic()
             attrs: dict[str, Any] = {schema.A_FLUSHED_ROWS: w.rows, schema.A_LAST_FLUSH_UNIX: now,
                                      schema.A_LAST_FLUSH_MONOTONIC: mono}
@@ -289,7 +318,8 @@ class Recorder:
             self.flushed_rows = w.rows
             self.last_flush = now
         except Exception as exc:  # noqa: BLE001 - an I/O failure must never reach training
-            self._fail_writes(exc, len(chunk) // 4)
+            self._pop_rows(n)
+            self._fail_writes(exc, n // 4)
 
     def _check_file(self) -> None:
         try:

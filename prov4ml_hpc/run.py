@@ -35,7 +35,7 @@ OPTIONS: dict[str, tuple[str, str | None, bool, str]] = {
         True,
         "seconds between flushes [1.0]",
     ),
-    "--buffer-rows": ("buffer_rows", "PROV4ML_HPC_BUFFER_ROWS", True, "rows buffered before a flush [32768]"),
+    "--buffer-rows": ("buffer_rows", "PROV4ML_HPC_BUFFER_ROWS", True, "rows buffered before a flush [8192]"),
     "--sample-interval": (
         "sample_interval",
         "PROV4ML_HPC_SAMPLE_INTERVAL",

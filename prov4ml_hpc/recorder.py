@@ -31,7 +31,7 @@ from .log import logger
 
 DEFAULT_FLUSH_INTERVAL = 1.0  # seconds; with the write itself, at most ~2 s of data is ever unflushed
 DEFAULT_BUFFER_ROWS = 8192  # rows held before the flusher is woken early
-HARD_FACTOR = 8  # the hot path waits for the flusher past this many times buffer_rows
+HARD_FACTOR = 16  # the hot path waits for the flusher past this many times buffer_rows
 DISK_RESERVE = 16 << 20  # stop writing, cleanly, while at least this much space is still free
 
 
@@ -424,7 +424,7 @@ _INHERITED: list[Any] = []  # handles inherited by a forked child: never closed,
 def _to_rows(chunk: list):
     import numpy as np
 
-    a = np.array(chunk, dtype=np.float64).reshape(-1, 4)
+    a = np.fromiter(chunk, dtype=np.float64, count=len(chunk)).reshape(-1, 4)
     out = np.empty(len(a), dtype=schema.row_dtype())
     out["series"] = a[:, 0]
     out["step"] = a[:, 1]

@@ -262,7 +262,10 @@ def close_run(status: str | None = None, reason: str | None = None, *, gather: b
         run._end_hooks.clear()
     from . import extensions
 
-    extensions.on_end(run)
+    # after a signal SLURM sends SIGKILL KillWait seconds later: the rank file must be closed well before,
+    # so the sampler (whose energy totals can take a second) gets half a second, not ten
+    hurry = status in (schema.STATUS_CANCELLED, schema.STATUS_SIGNALLED)
+    extensions.on_end(run, timeout=0.5 if hurry else 10.0)
     final = run.recorder.close(status or schema.STATUS_COMPLETED, reason)
     run.final_status = final
     for hook in run._end_hooks:

@@ -45,12 +45,12 @@ def on_start(run: Any, *, system_metrics: bool | None, sample_interval: float | 
         run.add_end_hook(gather_at_end)
 
 
-def on_end(run: Any) -> None:
+def on_end(run: Any, timeout: float = 10.0) -> None:
     sampler = getattr(run, "sampler", None)
     if sampler is None:
         return
     try:
-        sampler.stop()
+        sampler.stop(timeout)
     except Exception as exc:  # noqa: BLE001
         logger.warning("stopping the system sampler failed: %s: %s", type(exc).__name__, exc)
 

@@ -273,9 +273,15 @@ class Recorder:
 
     def _take(self) -> tuple[list[str], list[str], int]:
         """Pending definitions and records, and how many buffered items (4 per row) this flush writes."""
-        with self._slow_lock:
+        # A signal handler may close the run from a helper thread while the interrupted main thread holds
+        # _slow_lock: never wait for it forever (the rows then wait for the next flush, or are lost at close).
+        if not self._slow_lock.acquire(timeout=0.5):
+            return [], [], 0
+        try:
             defs, self._new_defs = self._new_defs, []
             recs, self._records = self._records, []
+        finally:
+            self._slow_lock.release()
         n = len(self._buf)
         self._kicked = False
         return defs, recs, n - n % 4  # extend() is atomic, so n is a multiple of 4 already; be safe anyway

@@ -111,6 +111,11 @@ class StepStats:
         if len(o[0]) == self.size and np.array_equal(steps, o[0]):  # every rank logged the same steps
             self._combine_at(slice(0, self.size), o)
             return
+        first = int(np.searchsorted(steps, o[0][0]))  # a block covering a run of known steps (the usual case)
+        k = len(o[0])
+        if first + k <= self.size and np.array_equal(steps[first : first + k], o[0]):
+            self._combine_at(slice(first, first + k), o)
+            return
         idx = np.searchsorted(steps, o[0])
         if bool((idx < self.size).all()) and np.array_equal(steps[np.minimum(idx, self.size - 1)], o[0]):
             first, last = int(idx[0]), int(idx[-1])

@@ -175,16 +175,7 @@ def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> N
             import traceback
 
             text = "".join(traceback.format_exception(exc_type, exc, tb))
-            path = run.save_traceback(active, text)
-            try:
-                api.log_event(
-                    "uncaught_exception",
-                    type=f"{exc_type.__module__}.{exc_type.__qualname__}",
-                    message=str(exc),
-                    traceback_file=path,
-                )
-            except Exception:  # noqa: BLE001, S110
-                pass
+            run.record_exception(active, exc_type, exc, text)
         if not interrupted or signals.state.pending is not None:
             status, reason = signals.final_status(
                 schema.STATUS_FAILED, f"uncaught {exc_type.__name__}: {exc}"

@@ -374,11 +374,18 @@ def _report_exception(exc: BaseException, run: Any, *, print_only: bool = False)
     sys.stderr.flush()
     if print_only or api.active_run() is None:
         return
+    record_exception(run, type(exc), exc, text)
+
+
+def record_exception(run: Any, exc_type: type[BaseException], exc: BaseException, text: str) -> None:
+    """Save the traceback text as an artifact of the run and record an ``uncaught_exception`` event."""
+    from . import api
+
     path = save_traceback(run, text)
     try:
         api.log_event(
             "uncaught_exception",
-            type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+            type=f"{exc_type.__module__}.{exc_type.__qualname__}",
             message=str(exc),
             traceback_file=path,
         )

@@ -25,7 +25,7 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
+        apt-get update -qq || echo "apt-get update reported errors; installing from the lists there are" >&2
         apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
     else
         echo "not root or no apt-get: missing ${need[*]}; the tests that need them will be skipped" >&2

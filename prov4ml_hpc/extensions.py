@@ -56,10 +56,11 @@ def on_end(run: Any, timeout: float = 10.0) -> None:
 
 
 def sample_now(run: Any) -> None:
+    """One sample now: through the running sampler, or a thread-less one kept for the next calls."""
     sampler = getattr(run, "sampler", None)
     if sampler is None:
         from .samplers.thread import SamplerThread
 
         sampler = SamplerThread(run.recorder, run.identity, interval=0)
-        run.sampler_once = sampler
+        run.sampler = sampler  # reused by later calls, stopped (totals) by on_end
     sampler.sample_once()

@@ -202,7 +202,11 @@ def _read_rank_file(path: str) -> RankFile:
         problems.append("the file is shorter than HDF5 expects (a write failed: full disk, quota or file size "
                         "limit); read from a zero-padded temporary copy, rows written by the failed flush are "
                         "dropped")
-        f = _open_h5(read_path, "r")
+        try:
+            f = _open_h5(read_path, "r")
+        except Exception as exc2:  # noqa: BLE001 - e.g. a file its writer is still creating
+            raise _Unstable(f"rank file {path} cannot be opened as HDF5, even padded ({type(exc2).__name__}: "
+                            f"{exc2}); it may be truncated or corrupt") from exc2
     try:
         with f:
             attrs = {k: _decode_attr(k, v) for k, v in f.attrs.items()}

@@ -36,7 +36,7 @@ from .log import logger
 
 SIGNALS_ENV = "PROV4ML_HPC_SIGNALS"
 DEFAULT_SIGNALS = ("SIGTERM", "SIGINT")
-CLOSE_TIMEOUT = 2.0  # seconds a handler waits for the helper thread that flushes or closes
+CLOSE_TIMEOUT = 10.0  # seconds a handler waits for the helper thread (normally 20-30 ms; SIGKILL bounds it anyway)
 
 REASONS = {
     "SIGTERM": "SIGTERM (scancel or time limit)",
@@ -53,6 +53,7 @@ class SignalState:
 
     received: list[tuple[str, float]] = field(default_factory=list)  # (signal name, unix time)
     pending: tuple[str, str] | None = None  # a SIGTERM/SIGINT: (status, reason) to close with later
+    closing: bool = False  # a terminating signal is being handled: a repeated one must not cut it short
     warned: tuple[str, str] | None = None  # a SIGUSR1/2 warning: the status if the run does not complete
     close_seconds: float | None = None  # how long the last close from a handler took
 
@@ -192,7 +193,12 @@ def _handle(signum: int, frame: Any) -> None:
     status = schema.STATUS_CANCELLED if terminating else schema.STATUS_SIGNALLED
     reason = REASONS.get(name, name)
     direct = signal.getsignal(signum) is _handle  # False: a later handler chains to us
+    if terminating and state.closing:
+        # SLURM delivers SIGTERM twice at a time limit or requeue (slurmstepd and srun both send it): the
+        # second arrives while the first handler waits for the close; dying now would leave the file "running"
+        return
     if direct and terminating and (prev is signal.SIG_DFL or prev is None):
+        state.closing = True
         state.pending = (status, reason)
         close_now(status, reason)
         signal.signal(signum, signal.SIG_DFL)

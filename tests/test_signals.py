@@ -187,3 +187,32 @@ def test_final_status_rules():
         assert signals.final_status("completed", None) == ("cancelled", "SIGTERM")
     finally:
         signals.reset()
+
+
+def test_a_repeated_sigterm_does_not_cut_the_close_short(tmp_path):
+    """SLURM sends SIGTERM twice at a time limit (slurmstepd and srun): the file still closes as cancelled."""
+    import signal as _signal
+    import subprocess as _sp
+    import sys as _sys
+
+    from conftest import clean_env
+
+    import prov4ml_hpc as _p4
+
+    script = tmp_path / "loop.py"
+    script.write_text("import time\nimport prov4ml_hpc as p4\nprint(p4.active_run().rank_file, flush=True)\n"
+                      "i = 0\nwhile True:\n    p4.log_metric('x', float(i)); i += 1\n    if i % 1000 == 0: time.sleep(0.001)\n")
+    proc = _sp.Popen([_sys.executable, "-m", "prov4ml_hpc.run", "--run-dir", str(tmp_path / "r"), "--run-id", "twice",
+                      str(script)], env=clean_env(), stdout=_sp.PIPE, text=True)
+    path = proc.stdout.readline().strip()
+    import time as _time
+
+    _time.sleep(0.5)
+    for _ in range(4):  # signals sent together merge into one: space them so some land during the close
+        proc.send_signal(_signal.SIGTERM)
+        _time.sleep(0.004)
+    proc.wait(timeout=60)
+    proc.stdout.close()
+    assert proc.returncode == -_signal.SIGTERM
+    rf = _p4.read_rank_file(path)
+    assert rf.status == "cancelled" and rf.nrows > 0

@@ -214,7 +214,10 @@ def test_requeue_two_attempts_in_one_run(slurm_cluster, tmp_path):
     deadline = time.monotonic() + 30
     while slurm_cluster.show_job(job_id).get("JobState") != "PENDING" and time.monotonic() < deadline:
         time.sleep(0.2)
-    scontrol(slurm_cluster, "update", f"JobId={job_id}", "StartTime=now")  # skip SLURM's requeue delay
+    # skip SLURM's requeue delay, but not within the second the old credential was revoked: slurmd compares
+    # times in whole seconds and kills a launch in that second ("Job credential revoked")
+    time.sleep(2.0)
+    scontrol(slurm_cluster, "update", f"JobId={job_id}", "StartTime=now")
     assert slurm_cluster.wait(job_id, timeout=90) == "COMPLETED"
     assert slurm_cluster.show_job(job_id).get("Restarts") == "1"
     got = statuses(path)

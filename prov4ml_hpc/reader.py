@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from shutil import rmtree as _rmtree
 from typing import Any
 
 from . import schema
@@ -275,6 +276,4 @@ class _TempDir:
         self.path = path
 
     def __del__(self) -> None:
-        import shutil
-
-        shutil.rmtree(self.path, ignore_errors=True)
+        _rmtree(self.path, ignore_errors=True)  # bound at import: __del__ may run at interpreter shutdown

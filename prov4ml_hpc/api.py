@@ -166,8 +166,14 @@ def start_run(
     """
     global _active, _hot
     from .environment import detect_identity, environment_snapshot, slurm_snapshot
-    from .recorder import (DEFAULT_BUFFER_ROWS, Recorder, RecorderConfig, iso_utc, package_versions,
-                           python_version)
+    from .recorder import (
+        DEFAULT_BUFFER_ROWS,
+        Recorder,
+        RecorderConfig,
+        iso_utc,
+        package_versions,
+        python_version,
+    )
     from .runs import resolve_location
 
     with _lock:

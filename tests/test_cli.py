@@ -118,3 +118,11 @@ def test_demo_writes_merged_outputs_and_report(tmp_path):
         assert os.path.exists(os.path.join(run_dir, name)), name
     with h5py.File(os.path.join(run_dir, "run.h5"), "r") as f:
         assert f.attrs["format"] == "prov4ml-hpc-run"
+
+
+def test_package_version_matches_pyproject():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    assert re.search(r'^version = "([^"]+)"', text, re.M).group(1) == p4.__version__

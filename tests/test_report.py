@@ -151,18 +151,9 @@ def test_ten_million_points_plot_fast(tmp_path):
     steps = np.arange(n, dtype=np.int64)
     rng = np.random.default_rng(0)
     mean = 1.0 / np.sqrt(steps + 1.0) + rng.normal(0, 0.01, n)
-    agg = np.empty(
-        n,
-        dtype=[
-            ("step", "<i8"),
-            ("count", "<i8"),
-            ("nonfinite", "<i8"),
-            ("min", "<f8"),
-            ("mean", "<f8"),
-            ("max", "<f8"),
-            ("std", "<f8"),
-        ],
-    )
+    from prov4ml_hpc.runfile import agg_dtype
+
+    agg = np.empty(n, dtype=agg_dtype())  # the stored form of /aggregates
     agg["step"], agg["count"], agg["nonfinite"] = steps, 1000, 0
     agg["mean"], agg["min"], agg["max"], agg["std"] = mean, mean - 0.05, mean + 0.05, 0.02
     t0 = time.perf_counter()

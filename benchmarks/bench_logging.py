@@ -72,8 +72,14 @@ def bench_ours(n: int, root: str) -> dict:
         samples[i] = clock() - t0
     p4.end_run()
     samples.sort()
-    return {"mean_us": mean, "p50_us": samples[n // 2] / 1000, "p99_us": samples[int(n * 0.99)] / 1000,
-            "max_us": samples[-1] / 1000, "end_run_s": end, "rows": p4.read_rank_file(run.rank_file).nrows}
+    return {
+        "mean_us": mean,
+        "p50_us": samples[n // 2] / 1000,
+        "p99_us": samples[int(n * 0.99)] / 1000,
+        "max_us": samples[-1] / 1000,
+        "end_run_s": end,
+        "rows": p4.read_rank_file(run.rank_file).nrows,
+    }
 
 
 def rss_growth(n: int, root: str) -> float:
@@ -152,26 +158,32 @@ def main() -> None:
     ours = bench_ours(n, root)
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
     print(f"list.append floor:      {floor:.3f} us/call")
-    print(f"prov4ml-hpc log_metric: mean {ours['mean_us']:.3f} us/call  ({ours['mean_us'] / floor:.1f}x the floor), "
-          f"p50 {max(0, ours['p50_us'] - tfloor):.3f} us, p99 {max(0, ours['p99_us'] - tfloor):.3f} us, "
-          f"max {ours['max_us']:.0f} us (timer cost {tfloor:.3f} us subtracted), end_run {ours['end_run_s'] * 1000:.1f} ms, "
-          f"{ours['rows']} rows on disk")
+    print(
+        f"prov4ml-hpc log_metric: mean {ours['mean_us']:.3f} us/call  ({ours['mean_us'] / floor:.1f}x the floor), "
+        f"p50 {max(0, ours['p50_us'] - tfloor):.3f} us, p99 {max(0, ours['p99_us'] - tfloor):.3f} us, "
+        f"max {ours['max_us']:.0f} us (timer cost {tfloor:.3f} us subtracted), end_run {ours['end_run_s'] * 1000:.1f} ms, "
+        f"{ours['rows']} rows on disk"
+    )
     sizes = [1_000_000] if args.quick else [1_000_000, 20_000_000]
     for size in sizes:
         print(f"peak RSS growth logging {size:>10,} values: {rss_growth(size, root):6.1f} MB")
     results = {"floor_us": floor, "ours": ours}
     if args.peers_python:
-        print("      yprov4ml: not measured (3.2.8 does not import on Python 3.11: a 3.12-only f-string; "
-              "see ../shared/notes/yprov4ml.md: 1.2-1.5 us/call, nothing durable before its flush every 100 "
-              "values per series)")
+        print(
+            "      yprov4ml: not measured (3.2.8 does not import on Python 3.11: a 3.12-only f-string; "
+            "see ../shared/notes/yprov4ml.md: 1.2-1.5 us/call, nothing durable before its flush every 100 "
+            "values per series)"
+        )
         for name in PEER_CODE:
             r = bench_peer(args.peers_python, name, args.peer_calls)
             results[name] = r
             if "error" in r:
                 print(f"{name:>14}: not measured ({r['error']})")
             else:
-                print(f"{name:>14}: mean {r['mean_us']:.1f} us/call ({r['mean_us'] / ours['mean_us']:.0f}x ours), "
-                      f"durable after {r['durable_s'] * 1000:.0f} ms at end ({args.peer_calls:,} calls)")
+                print(
+                    f"{name:>14}: mean {r['mean_us']:.1f} us/call ({r['mean_us'] / ours['mean_us']:.0f}x ours), "
+                    f"durable after {r['durable_s'] * 1000:.0f} ms at end ({args.peer_calls:,} calls)"
+                )
     print(json.dumps(results, default=float))
 
 

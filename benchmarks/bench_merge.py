@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import prov4ml_hpc as p4  # noqa: E402
 from prov4ml_hpc.merge import merge_run  # noqa: E402
-from prov4ml_hpc.reader import read_rank_file  # noqa: E402
+from prov4ml_hpc.merge.reader import read_rank_file  # noqa: E402
 
 
 def write_rank(args: tuple[str, int, int, int, int]) -> int:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prov4ml_hpc.environment import Identity  # noqa: E402
-from prov4ml_hpc.samplers import MemorySink, SamplerThread  # noqa: E402
+from prov4ml_hpc.job.environment import Identity  # noqa: E402
+from prov4ml_hpc.rank.samplers import MemorySink, SamplerThread  # noqa: E402
 
 
 def step(n: int) -> int:

@@ -5,8 +5,18 @@ the rank files become one merged run.h5 and ONE W3C PROV graph.  Importing this 
 MPI, NVML and codecarbon are imported only by the functions that use them.
 """
 
+from . import _moved
 from ._version import __version__
-from .api import (
+from .errors import (
+    ConfigError,
+    InvalidNameError,
+    MergeError,
+    NoActiveRunError,
+    Prov4mlHpcError,
+    RankFileError,
+    RunAlreadyActiveError,
+)
+from .rank.api import (
     TESTING,
     TRAINING,
     VALIDATION,
@@ -24,26 +34,41 @@ from .api import (
     log_system_metrics,
     start_run,
 )
-from .errors import (
-    ConfigError,
-    InvalidNameError,
-    MergeError,
-    NoActiveRunError,
-    Prov4mlHpcError,
-    RankFileError,
-    RunAlreadyActiveError,
-)
 
 __all__ = [
-    "TESTING", "TRAINING", "VALIDATION", "ConfigError", "InvalidNameError", "MergeError", "NoActiveRunError",
-    "Prov4mlHpcError", "RankFileError", "Run", "RunAlreadyActiveError", "__version__", "active_run", "end_run",
-    "log_artifact", "log_dataset", "log_event", "log_metric", "log_metrics", "log_model", "log_param",
-    "log_params", "log_system_metrics", "read_rank_file", "start_run",
+    "TESTING",
+    "TRAINING",
+    "VALIDATION",
+    "ConfigError",
+    "InvalidNameError",
+    "MergeError",
+    "NoActiveRunError",
+    "Prov4mlHpcError",
+    "RankFileError",
+    "Run",
+    "RunAlreadyActiveError",
+    "__version__",
+    "active_run",
+    "end_run",
+    "log_artifact",
+    "log_dataset",
+    "log_event",
+    "log_metric",
+    "log_metrics",
+    "log_model",
+    "log_param",
+    "log_params",
+    "log_system_metrics",
+    "read_rank_file",
+    "start_run",
 ]
 
 
-def read_rank_file(path, **kwargs):  # noqa: ANN001, ANN201 - see reader.read_rank_file
-    """Read one rank buffer file; see :func:`prov4ml_hpc.reader.read_rank_file`."""
-    from .reader import read_rank_file as _read
+def read_rank_file(path, **kwargs):  # noqa: ANN001, ANN201 - see merge.reader.read_rank_file
+    """Read one rank buffer file; see :func:`prov4ml_hpc.merge.reader.read_rank_file`."""
+    from .merge.reader import read_rank_file as _read
 
     return _read(path, **kwargs)
+
+
+_moved.install()  # old module paths (prov4ml_hpc.reader, ...) still import: see _moved.py

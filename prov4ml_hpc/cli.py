@@ -46,16 +46,35 @@ def find_mpiexec() -> str | None:
 
 
 @main.command()
-@click.option("--ranks", "-n", default=4, show_default=True, type=click.IntRange(1, 64),
-              help="number of MPI ranks to start on this machine")
-@click.option("--run-dir", default=None, type=click.Path(file_okay=False),
-              help="RUN_ROOT for the demo [default: a fresh ./prov4ml-demo-<time> folder]")
+@click.option(
+    "--ranks",
+    "-n",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="number of MPI ranks to start on this machine",
+)
+@click.option(
+    "--run-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="RUN_ROOT for the demo [default: a fresh ./prov4ml-demo-<time> folder]",
+)
 @click.option("--epochs", default=5, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--steps-per-epoch", default=200, show_default=True, type=click.IntRange(1, 10**6))
-@click.option("--report/--no-report", default=True, show_default=True, help="write the HTML report at the end")
-@click.option("--timeout", default=600, show_default=True, type=click.IntRange(10, 86400),
-              help="seconds before the mpiexec job is stopped")
-def demo(ranks: int, run_dir: str | None, epochs: int, steps_per_epoch: int, report: bool, timeout: int) -> None:
+@click.option(
+    "--report/--no-report", default=True, show_default=True, help="write the HTML report at the end"
+)
+@click.option(
+    "--timeout",
+    default=600,
+    show_default=True,
+    type=click.IntRange(10, 86400),
+    help="seconds before the mpiexec job is stopped",
+)
+def demo(
+    ranks: int, run_dir: str | None, epochs: int, steps_per_epoch: int, report: bool, timeout: int
+) -> None:
     """Run the embedded demo: a small data-parallel training on N local MPI ranks, then merge and report."""
     mpiexec = find_mpiexec()
     if mpiexec is None:
@@ -63,16 +82,28 @@ def demo(ranks: int, run_dir: str | None, epochs: int, steps_per_epoch: int, rep
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
     root = os.path.abspath(run_dir or f"prov4ml-demo-{stamp}")
     run_id = f"demo-{stamp}"
-    env = dict(os.environ, PROV4ML_HPC_RUN_DIR=root, PROV4ML_HPC_RUN_ID=run_id,
-               MPIEXEC_TIMEOUT=str(timeout))
-    cmd = [mpiexec, "-n", str(ranks), sys.executable, "-m", "prov4ml_hpc.demo", "--train",
-           "--epochs", str(epochs), "--steps-per-epoch", str(steps_per_epoch)]
+    env = dict(os.environ, PROV4ML_HPC_RUN_DIR=root, PROV4ML_HPC_RUN_ID=run_id, MPIEXEC_TIMEOUT=str(timeout))
+    cmd = [
+        mpiexec,
+        "-n",
+        str(ranks),
+        sys.executable,
+        "-m",
+        "prov4ml_hpc.demo",
+        "--train",
+        "--epochs",
+        str(epochs),
+        "--steps-per-epoch",
+        str(steps_per_epoch),
+    ]
     click.echo(f"prov4ml-hpc demo: {ranks} ranks with {os.path.basename(mpiexec)}, run root {root}", err=True)
     proc = subprocess.run(cmd, env=env, timeout=timeout + 30, check=False)
     run_path = os.path.join(root, "demo", run_id)
     if proc.returncode != 0:
-        raise click.ClickException(f"the demo job failed with exit code {proc.returncode}; "
-                                   f"what it recorded is in {run_path} (try `prov4ml-hpc merge {run_path}`)")
+        raise click.ClickException(
+            f"the demo job failed with exit code {proc.returncode}; "
+            f"what it recorded is in {run_path} (try `prov4ml-hpc merge {run_path}`)"
+        )
     _finish_demo(run_path, report)
 
 
@@ -85,7 +116,7 @@ def _finish_demo(run_path: str, report: bool) -> None:
         merged = result is not None
     if report:
         try:
-            from .report import write_report
+            from .view.report import write_report
         except ImportError:
             write_report = None
         if write_report is not None:
@@ -95,7 +126,7 @@ def _finish_demo(run_path: str, report: bool) -> None:
 
 def _print_run_files(run_path: str) -> None:
     from . import schema
-    from .reader import read_rank_file
+    from .merge.reader import read_rank_file
 
     click.echo(f"run directory: {run_path}")
     ranks_dir = os.path.join(run_path, schema.RANKS_DIR)
@@ -104,9 +135,11 @@ def _print_run_files(run_path: str) -> None:
             continue
         rf = read_rank_file(os.path.join(ranks_dir, name))
         metrics = sorted({f"{s.context}/{s.name}" for s in rf.series if s.kind == schema.KIND_METRIC})
-        click.echo(f"  ranks/{name}: {rf.status}, {rf.nrows} rows, {len(rf.series)} series "
-                   f"({', '.join(metrics)}), {len(rf.params)} params, "
-                   f"{len(rf.records_of(schema.REC_ARTIFACT, schema.REC_MODEL, schema.REC_DATASET))} files")
+        click.echo(
+            f"  ranks/{name}: {rf.status}, {rf.nrows} rows, {len(rf.series)} series "
+            f"({', '.join(metrics)}), {len(rf.params)} params, "
+            f"{len(rf.records_of(schema.REC_ARTIFACT, schema.REC_MODEL, schema.REC_DATASET))} files"
+        )
     for out in (schema.RUN_FILE, schema.PROV_FILE, os.path.join(schema.REPORT_DIR, "index.html")):
         path = os.path.join(run_path, out)
         if os.path.exists(path):
@@ -114,8 +147,16 @@ def _print_run_files(run_path: str) -> None:
 
 
 # ---- merge ---------------------------------------------------------------------------------------------
-def _do_merge(run_dir: str, *, strict: bool, query_slurm: bool, quiet: bool = False, comm=None,
-              block_rows: int | None = None, progress: bool | None = None):
+def _do_merge(
+    run_dir: str,
+    *,
+    strict: bool,
+    query_slurm: bool,
+    quiet: bool = False,
+    comm=None,
+    block_rows: int | None = None,
+    progress: bool | None = None,
+):
     from .merge import merge_run
 
     kwargs = {} if block_rows is None else {"block_rows": block_rows}
@@ -125,18 +166,37 @@ def _do_merge(run_dir: str, *, strict: bool, query_slurm: bool, quiet: bool = Fa
 
 @main.command()
 @_run_dir_arg()
-@click.option("--strict", is_flag=True, help="fail (exit 1, nothing written) if any rank is partial, missing "
-              "or corrupt")
-@click.option("--slurm/--no-slurm", default=True, show_default=True,
-              help="ask scontrol/sacct about the job (unknown when they do not answer)")
+@click.option(
+    "--strict", is_flag=True, help="fail (exit 1, nothing written) if any rank is partial, missing or corrupt"
+)
+@click.option(
+    "--slurm/--no-slurm",
+    default=True,
+    show_default=True,
+    help="ask scontrol/sacct about the job (unknown when they do not answer)",
+)
 @click.option("--mpi", is_flag=True, help="split the rank files over the processes of `mpiexec -n K`/`srun`")
-@click.option("--progress/--no-progress", default=None, help="progress bar [default: when stderr is a terminal]")
-@click.option("--block-rows", type=click.IntRange(1000, 10**9), default=None,
-              help="rows read per block (memory bound) [default: 1000000]")
+@click.option(
+    "--progress/--no-progress", default=None, help="progress bar [default: when stderr is a terminal]"
+)
+@click.option(
+    "--block-rows",
+    type=click.IntRange(1000, 10**9),
+    default=None,
+    help="rows read per block (memory bound) [default: 1000000]",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @click.pass_context
-def merge(ctx: click.Context, run_dir: str, strict: bool, slurm: bool, mpi: bool, progress: bool | None,
-          block_rows: int | None, as_json: bool) -> None:
+def merge(
+    ctx: click.Context,
+    run_dir: str,
+    strict: bool,
+    slurm: bool,
+    mpi: bool,
+    progress: bool | None,
+    block_rows: int | None,
+    as_json: bool,
+) -> None:
     """Merge a run's rank files into run.h5 and ONE provenance.json (also for crashed or killed jobs).
 
     Exit status: 0 every rank complete; 1 some rank partial, missing or corrupt (outputs still written,
@@ -149,19 +209,33 @@ def merge(ctx: click.Context, run_dir: str, strict: bool, slurm: bool, mpi: bool
         except ImportError:
             raise click.UsageError('--mpi needs mpi4py: pip install "prov4ml-hpc[mpi]"') from None
         comm = MPI.COMM_WORLD
-    result = _do_merge(run_dir, strict=strict, query_slurm=slurm, comm=comm, block_rows=block_rows,
-                       progress=progress)
+    result = _do_merge(
+        run_dir, strict=strict, query_slurm=slurm, comm=comm, block_rows=block_rows, progress=progress
+    )
     if comm is not None and comm.Get_rank() != 0:
         ctx.exit(result.exit_code)
     if as_json:
-        click.echo(json.dumps({"run_dir": result.run_dir, "outputs": result.outputs, "ranks": result.ranks,
-                               "problems": result.problems, "exit_code": result.exit_code,
-                               "values": result.values, "seconds": result.seconds,
-                               "processes": result.processes}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "run_dir": result.run_dir,
+                    "outputs": result.outputs,
+                    "ranks": result.ranks,
+                    "problems": result.problems,
+                    "exit_code": result.exit_code,
+                    "values": result.values,
+                    "seconds": result.seconds,
+                    "processes": result.processes,
+                },
+                indent=2,
+            )
+        )
     else:
         counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(result.ranks.items()) if v)
-        click.echo(f"merged {result.values:,} values of {counts} in {result.seconds:.1f} s "
-                   f"({result.processes} process{'es' if result.processes > 1 else ''})")
+        click.echo(
+            f"merged {result.values:,} values of {counts} in {result.seconds:.1f} s "
+            f"({result.processes} process{'es' if result.processes > 1 else ''})"
+        )
         for name, path in sorted(result.outputs.items()):
             click.echo(f"  {name}: {path}")
         for problem in result.problems:
@@ -178,7 +252,7 @@ def inspect(run_dir: str, as_json: bool) -> None:
 
     Works on a running job, an unmerged one and a merged one.
     """
-    from .summary import format_summary, summarize
+    from .view.inspect import format_summary, summarize
 
     d = summarize(run_dir)
     click.echo(json.dumps(d, indent=2, default=str) if as_json else format_summary(d), nl=as_json)
@@ -186,12 +260,18 @@ def inspect(run_dir: str, as_json: bool) -> None:
 
 @main.command()
 @_run_dir_arg()
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="output folder [default: RUN_DIR/report]")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="output folder [default: RUN_DIR/report]",
+)
 @click.option("--embed", is_flag=True, help="put the images inside index.html as data: URIs")
 def report(run_dir: str, out_dir: str | None, embed: bool) -> None:
     """Write PNG plots and one self-contained HTML page for a run; prints the page's path."""
-    from .report import write_report
+    from .view.report import write_report
 
     click.echo(write_report(run_dir, out_dir, embed=embed, progress=_progress_printer("report")))
 
@@ -200,38 +280,65 @@ def report(run_dir: str, out_dir: str | None, embed: bool) -> None:
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--metric", default=None, help="also draw this metric of every run in one PNG")
 @click.option("--context", default="training", show_default=True, help="context of --metric")
-@click.option("-o", "--output", "out_png", type=click.Path(dir_okay=False), default=None,
-              help="PNG path [default: compare-<metric>.png]")
+@click.option(
+    "-o",
+    "--output",
+    "out_png",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="PNG path [default: compare-<metric>.png]",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the comparison as JSON")
-def compare(run_dirs: tuple[str, ...], metric: str | None, context: str, out_png: str | None,
-            as_json: bool) -> None:
+def compare(
+    run_dirs: tuple[str, ...], metric: str | None, context: str, out_png: str | None, as_json: bool
+) -> None:
     """Parameters that differ and final/best metrics of several runs side by side."""
-    from .compare import compare_runs, format_comparison, plot_overlay
+    from .view.compare import compare_runs, format_comparison, plot_overlay
 
     c = compare_runs(list(run_dirs))
     click.echo(json.dumps(c, indent=2, default=str) if as_json else format_comparison(c), nl=as_json)
     if metric:
-        click.echo(plot_overlay(list(run_dirs), metric, context, out_png or f"compare-{metric}.png"), err=True)
+        click.echo(
+            plot_overlay(list(run_dirs), metric, context, out_png or f"compare-{metric}.png"), err=True
+        )
 
 
 EXPORT_FORMATS = ("json", "provn", "xml", "jsonld", "ttl", "dot", "svg", "rocrate")
-_SUFFIX = {"json": "json", "provn": "provn", "xml": "provx", "jsonld": "jsonld", "ttl": "ttl", "dot": "dot",
-           "svg": "svg"}
+_SUFFIX = {
+    "json": "json",
+    "provn": "provn",
+    "xml": "provx",
+    "jsonld": "jsonld",
+    "ttl": "ttl",
+    "dot": "dot",
+    "svg": "svg",
+}
 
 
 @main.command()
 @_run_dir_arg()
-@click.option("--format", "fmt", required=True, type=click.Choice(EXPORT_FORMATS),
-              help="PROV serialisation, a graph picture, or a Workflow Run RO-Crate")
-@click.option("-o", "--output", "out", type=click.Path(), default=None,
-              help="output path [default: RUN_DIR/provenance.<ext>; rocrate: RUN_DIR/ro-crate-metadata.json "
-                   "in place, PATH.zip for a zip, another PATH for a new directory crate]")
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    type=click.Choice(EXPORT_FORMATS),
+    help="PROV serialisation, a graph picture, or a Workflow Run RO-Crate",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(),
+    default=None,
+    help="output path [default: RUN_DIR/provenance.<ext>; rocrate: RUN_DIR/ro-crate-metadata.json "
+    "in place, PATH.zip for a zip, another PATH for a new directory crate]",
+)
 def export(run_dir: str, fmt: str, out: str | None) -> None:
     """Export the run's provenance graph (from provenance.json) or the run as an RO-Crate."""
     from . import schema
 
     if fmt == "rocrate":
-        from .crate import write_crate
+        from .provenance.crate import write_crate
 
         click.echo(write_crate(run_dir, out))
         return
@@ -254,15 +361,21 @@ def _progress_printer(what: str):
     def show(done: int, total: int, label: str = "") -> None:
         width = 30
         filled = int(width * done / total) if total else width
-        click.echo(f"\r{what} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label[:40]:<40}",
-                   err=True, nl=done >= total)
+        click.echo(
+            f"\r{what} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label[:40]:<40}",
+            err=True,
+            nl=done >= total,
+        )
 
     return show
 
 
 # ---- run / sbatch --------------------------------------------------------------------------------------
-@main.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
-              add_help_option=False)
+@main.command(
+    "run",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+    add_help_option=False,
+)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run_cmd(args: tuple[str, ...]) -> None:
     """Run SCRIPT|-m MODULE|-c CMD [ARGS...] with this rank recording (`prov4ml-hpc run --help` for options).
@@ -271,7 +384,7 @@ def run_cmd(args: tuple[str, ...]) -> None:
     always flushed and closed; SIGTERM/SIGINT are recorded; an uncaught exception is recorded and, under MPI,
     aborts the job instead of leaving other ranks waiting.
     """
-    from .run import launch
+    from .rank.launcher import launch
 
     raise SystemExit(launch(list(args)))
 
@@ -295,8 +408,12 @@ def run_cmd(args: tuple[str, ...]) -> None:
 @click.option("--array", default=None, help="array indices (array template), e.g. 0-7%2")
 @click.option("--run-dir", default=None, help="RUN_ROOT on a file system the compute nodes can write")
 @click.option("--experiment", default=None)
-@click.option("--hook", is_flag=True, default=False, help="record with the import hook (script unchanged, "
-              "no launcher in the command)")
+@click.option(
+    "--hook",
+    is_flag=True,
+    default=False,
+    help="record with the import hook (script unchanged, no launcher in the command)",
+)
 @click.option("--python", default=None, help="python executable on the compute nodes [default: python3]")
 @click.option("--merge/--no-merge", default=None, help="submit the dependent merge job [default: yes]")
 @click.option("--merge-time", default=None, help="time limit of the merge job")
@@ -328,16 +445,43 @@ def sbatch(template: str, command: tuple[str, ...], hook: bool, submit: bool, **
         click.echo(text, nl=False)
 
 
+# ---- settings ------------------------------------------------------------------------------------------
+@main.command("settings")
+@click.option("--markdown", is_flag=True, help="print the table of docs/settings.md instead")
+@click.pass_context
+def settings_cmd(ctx: click.Context, markdown: bool) -> None:
+    """The PROV4ML_HPC_* variables and what each one means in this environment (exit 1 if one is unusable)."""
+    from . import settings
+
+    if markdown:
+        click.echo(settings.markdown_table(), nl=False)
+        return
+    bad = 0
+    for s, raw, meaning in settings.current():
+        if raw is None and s.internal:
+            continue
+        bad += meaning.startswith("ERROR")
+        shown = f"{s.name}={raw!r}" if raw is not None else f"{s.name} (unset)"
+        click.echo(f"{shown} -> {meaning}")
+    ctx.exit(1 if bad else 0)
+
+
 # ---- import-yprov4ml ------------------------------------------------------------------------------------
 @main.command("import-yprov4ml")
 @click.argument("src_dir", type=click.Path(exists=True, file_okay=False, dir_okay=True))
-@click.option("--run-dir", envvar="PROV4ML_HPC_RUN_DIR", default="prov4ml_runs", show_default=True,
-              type=click.Path(file_okay=False), help="RUN_ROOT to create the imported run in")
+@click.option(
+    "--run-dir",
+    envvar="PROV4ML_HPC_RUN_DIR",
+    default="prov4ml_runs",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="RUN_ROOT to create the imported run in",
+)
 @click.option("--experiment", default=None, help="experiment name [default: the yProv4ML experiment's]")
 @click.option("--merge/--no-merge", default=True, show_default=True, help="merge the imported run")
 def import_yprov4ml_cmd(src_dir: str, run_dir: str, experiment: str | None, merge: bool) -> None:
     """Turn a yProv4ML run directory (PROV-JSON + metric CSV/NetCDF files) into a prov4ml-hpc run."""
-    from .importer import import_yprov4ml
+    from .compat.importer import import_yprov4ml
 
     new_dir = import_yprov4ml(src_dir, run_dir, experiment=experiment)
     if merge:

@@ -37,9 +37,20 @@ def train(epochs: int, steps_per_epoch: int, batch: int, lr: float, seed: int) -
     data_path = os.path.join(run.run_dir, "artifacts", f"dataset-rank{rank:05d}.npz")
     os.makedirs(os.path.dirname(data_path), exist_ok=True)
     np.savez(data_path, x=x, y=y)
-    p4.log_dataset(name="synthetic-logistic", path=data_path, attrs={"samples": int(len(y)), "features": n_features})
-    p4.log_params({"epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_size": batch, "lr": lr,
-                   "seed": seed, "world_size": size, "model": "logistic-regression"})
+    p4.log_dataset(
+        name="synthetic-logistic", path=data_path, attrs={"samples": int(len(y)), "features": n_features}
+    )
+    p4.log_params(
+        {
+            "epochs": epochs,
+            "steps_per_epoch": steps_per_epoch,
+            "batch_size": batch,
+            "lr": lr,
+            "seed": seed,
+            "world_size": size,
+            "model": "logistic-regression",
+        }
+    )
     w = np.zeros(n_features)
     step = 0
     local_rng = np.random.default_rng(seed + rank)

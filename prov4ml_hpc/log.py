@@ -1,13 +1,11 @@
-"""The package logger `prov4ml_hpc`: lines prefixed ``[rank@host]``, level from PROV4ML_HPC_LOG_LEVEL."""
+"""The package logger `prov4ml_hpc`: lines prefixed ``[rank@host]``, level from PROV4ML_HPC_LOG_LEVEL (settings.LOG_LEVEL)."""
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 LOGGER_NAME = "prov4ml_hpc"
-LEVEL_ENV = "PROV4ML_HPC_LOG_LEVEL"
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -49,9 +47,9 @@ def configure(rank: int | None = None, node: str | None = None) -> None:
     if _configured:
         return
     _configured = True
-    level_name = os.environ.get(LEVEL_ENV, "WARNING").upper()
-    level = logging.getLevelName(level_name)
-    logger.setLevel(level if isinstance(level, int) else logging.WARNING)
+    from . import settings
+
+    logger.setLevel(logging.getLevelName(settings.get(settings.LOG_LEVEL).upper()))
     if not logger.handlers:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("prov4ml-hpc %(rank_prefix)s%(levelname)s: %(message)s"))

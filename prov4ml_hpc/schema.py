@@ -52,6 +52,7 @@ def row_dtype():  # -> numpy.dtype; numpy is imported lazily so that `import pro
 
     return np.dtype(list(ROW_FIELDS))
 
+
 ROW_CHUNK = 16384  # rows per HDF5 chunk of DS_ROWS
 
 # ---- metadata attribute names (same words as the PROV vocabulary) --------------------------------------

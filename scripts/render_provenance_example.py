@@ -10,8 +10,7 @@ import argparse
 from pathlib import Path
 
 from prov4ml_hpc import schema
-from prov4ml_hpc.provenance import build_document, write_export, write_prov_json
-from prov4ml_hpc.record import (
+from prov4ml_hpc.merge.model import (
     ArtifactRecord,
     ContextSpan,
     JobInfo,
@@ -20,6 +19,7 @@ from prov4ml_hpc.record import (
     RunSummary,
     SeriesSummary,
 )
+from prov4ml_hpc.provenance import build_document, write_export, write_prov_json
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_717_236_000.0  # 2024-06-01 10:00 UTC

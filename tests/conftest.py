@@ -21,8 +21,9 @@ except ImportError:  # pragma: no cover
 
 def clean_env(**extra: str) -> dict[str, str]:
     """os.environ without launcher variables (tests may themselves run under SLURM or mpiexec)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(LAUNCHER_PREFIXES) and k not in LAUNCHER_NAMES}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(LAUNCHER_PREFIXES) and k not in LAUNCHER_NAMES
+    }
     env["PROV4ML_HPC_SYSTEM_METRICS"] = "0"
     env.update(extra)
     return env
@@ -44,13 +45,22 @@ def run_root(tmp_path):
     return str(tmp_path / "runs")
 
 
-def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 120, cwd=None,
-               check: bool = True) -> subprocess.CompletedProcess:
+def run_python(
+    code: str, *, env: dict[str, str] | None = None, timeout: float = 120, cwd=None, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run a Python snippet in a fresh interpreter (clean launcher environment unless env is given)."""
-    proc = subprocess.run([sys.executable, "-c", code], env=env or clean_env(), capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env or clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"snippet failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
+        raise AssertionError(
+            f"snippet failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}"
+        )
     return proc
 
 
@@ -60,16 +70,24 @@ def mpiexec_path() -> str | None:
     return find_mpiexec()
 
 
-def run_mpi(n: int, args: list[str], *, env: dict[str, str] | None = None, timeout: float = 120,
-            check: bool = True) -> subprocess.CompletedProcess:
+def run_mpi(
+    n: int, args: list[str], *, env: dict[str, str] | None = None, timeout: float = 120, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run `mpiexec -n N python ARGS` with a hard timeout (MPIEXEC_TIMEOUT and a subprocess timeout)."""
     mpiexec = mpiexec_path()
     if mpiexec is None:
         pytest.skip("mpiexec not installed (pip install mpich)")
     env = dict(env or clean_env())
     env.setdefault("MPIEXEC_TIMEOUT", str(int(timeout)))
-    proc = subprocess.run([mpiexec, "-n", str(n), sys.executable, *args], env=env, capture_output=True,
-                          text=True, timeout=timeout + 30)
+    proc = subprocess.run(
+        [mpiexec, "-n", str(n), sys.executable, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout + 30,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"mpiexec failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
+        raise AssertionError(
+            f"mpiexec failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}"
+        )
     return proc

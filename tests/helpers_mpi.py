@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 import prov4ml_hpc as p4
-from prov4ml_hpc import runfile
+from prov4ml_hpc.merge import runfile
 
 
 def make_rank(

@@ -325,7 +325,7 @@ class SlurmCluster:
 
     def show_job(self, job_id: str) -> dict[str, str]:
         """`scontrol show job -o ID` parsed into Key -> value ({} when scontrol does not know the job)."""
-        from prov4ml_hpc.slurm import parse_scontrol_job
+        from prov4ml_hpc.job.slurm import parse_scontrol_job
 
         proc = self._run(["scontrol", "show", "job", "-o", job_id], check=False)
         return parse_scontrol_job(proc.stdout) if proc.returncode == 0 else {}

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from prov4ml_hpc.capture import capture_source, installed_distributions, strip_credentials
+from prov4ml_hpc.job.capture import capture_source, installed_distributions, strip_credentials
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 

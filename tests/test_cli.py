@@ -31,7 +31,17 @@ def test_version_and_help():
     r = CliRunner().invoke(main, ["--version"])
     assert r.exit_code == 0 and p4.__version__ in r.output
     r = CliRunner().invoke(main, ["--help"])
-    for cmd in ("demo", "merge", "inspect", "report", "export", "run", "sbatch", "compare", "import-yprov4ml"):
+    for cmd in (
+        "demo",
+        "merge",
+        "inspect",
+        "report",
+        "export",
+        "run",
+        "sbatch",
+        "compare",
+        "import-yprov4ml",
+    ):
         assert cmd in r.output
 
 
@@ -40,7 +50,11 @@ def test_merge_inspect_export(tmp_path):
     r = CliRunner().invoke(main, ["merge", run_dir, "--no-slurm", "--json"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
-    assert res["exit_code"] == 0 and res["values"] == 40 and res["ranks"]["completed"] == ["rank-00000", "rank-00001"]
+    assert (
+        res["exit_code"] == 0
+        and res["values"] == 40
+        and res["ranks"]["completed"] == ["rank-00000", "rank-00001"]
+    )
     r = CliRunner().invoke(main, ["inspect", run_dir, "--json"])
     assert r.exit_code == 0 and json.loads(r.output)
     r = CliRunner().invoke(main, ["inspect", run_dir])
@@ -79,8 +93,21 @@ def test_errors_are_one_line_messages(tmp_path):
 
 
 def test_sbatch_quotes_every_command_word():
-    r = CliRunner().invoke(main, ["sbatch", "single-node", "--nodes", "1", "--time", "00:10:00", "--",
-                                  "train.py", "--name", "$(reboot); `x` 'y'"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "sbatch",
+            "single-node",
+            "--nodes",
+            "1",
+            "--time",
+            "00:10:00",
+            "--",
+            "train.py",
+            "--name",
+            "$(reboot); `x` 'y'",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "#SBATCH --nodes=1" in r.output and "#SBATCH --time=00:10:00" in r.output
     launch = [line for line in r.output.splitlines() if "prov4ml_hpc.run train.py" in line][0]
@@ -92,14 +119,21 @@ def test_sbatch_quotes_every_command_word():
 def test_run_command_and_start_run_inside_the_launcher(tmp_path):
     """A script that calls start_run/end_run itself, launched through `prov4ml-hpc run`: one run, one file."""
     script = tmp_path / "train.py"
-    script.write_text("import sys\nimport prov4ml_hpc as p4\n"
-                      "with p4.start_run('ignored') as run:\n"
-                      "    p4.log_metric('x', float(sys.argv[1]))\n"
-                      "p4.log_metric('after_end_run', 1.0)\n"  # the launcher's run is still active
-                      "print(run.rank_file)\n")
+    script.write_text(
+        "import sys\nimport prov4ml_hpc as p4\n"
+        "with p4.start_run('ignored') as run:\n"
+        "    p4.log_metric('x', float(sys.argv[1]))\n"
+        "p4.log_metric('after_end_run', 1.0)\n"  # the launcher's run is still active
+        "print(run.rank_file)\n"
+    )
     env = clean_env(PROV4ML_HPC_RUN_ID="launched")
-    proc = subprocess.run([sys.executable, "-m", "prov4ml_hpc", "run", "--run-dir", str(tmp_path / "r"), str(script),
-                           "3.5"], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "prov4ml_hpc", "run", "--run-dir", str(tmp_path / "r"), str(script), "3.5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     rf = p4.read_rank_file(proc.stdout.strip())
     assert rf.status == "completed" and list(rf.values("x")["value"]) == [3.5]
@@ -109,9 +143,26 @@ def test_run_command_and_start_run_inside_the_launcher(tmp_path):
 
 @pytest.mark.mpi
 def test_demo_writes_merged_outputs_and_report(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "prov4ml_hpc", "demo", "--ranks", "2", "--epochs", "1",
-                        "--steps-per-epoch", "20", "--run-dir", str(tmp_path / "d")], env=clean_env(),
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prov4ml_hpc",
+            "demo",
+            "--ranks",
+            "2",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "20",
+            "--run-dir",
+            str(tmp_path / "d"),
+        ],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     run_dir = r.stdout.split("run directory: ")[1].split()[0]
     for name in ("run.h5", "provenance.json", os.path.join("report", "index.html")):

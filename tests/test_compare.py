@@ -7,8 +7,8 @@ import os
 import pytest
 from test_inspect import make_run
 
-from prov4ml_hpc.compare import compare_runs, format_comparison, plot_overlay
 from prov4ml_hpc.errors import ConfigError
+from prov4ml_hpc.view.compare import compare_runs, format_comparison, plot_overlay
 
 
 @pytest.fixture(scope="module")

@@ -86,7 +86,7 @@ def _run(tmp_path, script_text):
     assert proc.returncode == 0, proc.stderr[-4000:]
     files = glob.glob(str(tmp_path / "prov" / "*" / "*" / "ranks" / "rank-*.h5"))
     assert len(files) == 1, files
-    from prov4ml_hpc.reader import read_rank_file
+    from prov4ml_hpc.merge.reader import read_rank_file
 
     return proc, read_rank_file(files[0])
 

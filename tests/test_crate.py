@@ -9,7 +9,7 @@ import zipfile
 import pytest
 from test_inspect import make_run
 
-from prov4ml_hpc.crate import COMPLETED, FAILED, PROFILES, write_crate
+from prov4ml_hpc.provenance.crate import COMPLETED, FAILED, PROFILES, write_crate
 
 rocrate = pytest.importorskip("rocrate.rocrate")
 
@@ -87,8 +87,8 @@ def test_crate_zip_and_directory_of_failed_unmerged_run(tmp_path):
 
 
 def test_crate_energy_as_resource_usage(tmp_path):
-    from prov4ml_hpc.crate import crate_metadata
-    from prov4ml_hpc.summary import load_run
+    from prov4ml_hpc.provenance.crate import crate_metadata
+    from prov4ml_hpc.view.inspect import load_run
 
     run_dir = make_run(str(tmp_path), "c3", ranks=2)
     info = load_run(run_dir, values=False)

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from prov4ml_hpc.environment import (
-    detect_identity,
-    environment_snapshot,
-    slurm_run_id,
-    slurm_snapshot,
-)
 from prov4ml_hpc.errors import ConfigError
-from prov4ml_hpc.runs import check_component, resolve_location
+from prov4ml_hpc.job.environment import detect_identity, environment_snapshot, slurm_run_id, slurm_snapshot
+from prov4ml_hpc.job.location import check_component, resolve_location
 
 
 def ident(**env):
@@ -25,8 +20,16 @@ def test_plain_process_is_rank_zero_of_one():
 
 def test_mpich_hydra_inside_a_slurm_allocation_wins_over_slurm_procid():
     # under mpiexec inside an allocation every rank sees SLURM_PROCID=0 and SLURM_NTASKS=1
-    i = ident(PMI_RANK="3", PMI_SIZE="4", MPI_LOCALRANKID="3", SLURM_PROCID="0", SLURM_NTASKS="1",
-              SLURM_STEP_ID="0", SLURM_JOB_ID="42", SLURM_NNODES="1")
+    i = ident(
+        PMI_RANK="3",
+        PMI_SIZE="4",
+        MPI_LOCALRANKID="3",
+        SLURM_PROCID="0",
+        SLURM_NTASKS="1",
+        SLURM_STEP_ID="0",
+        SLURM_JOB_ID="42",
+        SLURM_NNODES="1",
+    )
     assert (i.global_rank, i.world_size, i.local_rank, i.source) == (3, 4, 3, "pmi")
     assert i.job_id == "42"
 
@@ -42,8 +45,14 @@ def test_pmix_rank_with_size_from_slurm_step():
 
 
 def test_srun_step_uses_slurm_procid_and_step_tasks():
-    i = ident(SLURM_PROCID="6", SLURM_NTASKS="8", SLURM_STEP_NUM_TASKS="8", SLURM_LOCALID="2",
-              SLURM_STEP_ID="0", SLURMD_NODENAME="node07")
+    i = ident(
+        SLURM_PROCID="6",
+        SLURM_NTASKS="8",
+        SLURM_STEP_NUM_TASKS="8",
+        SLURM_LOCALID="2",
+        SLURM_STEP_ID="0",
+        SLURMD_NODENAME="node07",
+    )
     assert (i.global_rank, i.world_size, i.local_rank, i.node, i.source) == (6, 8, 2, "node07", "slurm")
 
 
@@ -76,14 +85,27 @@ def test_bad_values_fail_with_the_variable_name():
 def test_slurm_run_ids():
     assert slurm_run_id(ident(SLURM_JOB_ID="77")) == "77"
     assert slurm_run_id(ident(SLURM_JOB_ID="78", SLURM_ARRAY_JOB_ID="70", SLURM_ARRAY_TASK_ID="3")) == "70_3"
-    assert slurm_run_id(ident(SLURM_JOB_ID="77", SLURM_STEP_ID="2", SLURM_PROCID="0", SLURM_NTASKS="1")) == "77.2"
-    assert slurm_run_id(ident(SLURM_JOB_ID="77", SLURM_STEP_ID="0", SLURM_PROCID="0", SLURM_NTASKS="1")) == "77"
+    assert (
+        slurm_run_id(ident(SLURM_JOB_ID="77", SLURM_STEP_ID="2", SLURM_PROCID="0", SLURM_NTASKS="1"))
+        == "77.2"
+    )
+    assert (
+        slurm_run_id(ident(SLURM_JOB_ID="77", SLURM_STEP_ID="0", SLURM_PROCID="0", SLURM_NTASKS="1")) == "77"
+    )
     assert slurm_run_id(ident()) is None
 
 
 def test_snapshots_keep_slurm_facts_and_drop_secrets():
-    env = {"SLURM_JOB_ID": "5", "SLURM_JOB_NAME": "train", "SLURM_JOB_NODELIST": "n[1-2]", "CUDA_VISIBLE_DEVICES": "0",
-           "NCCL_DEBUG": "INFO", "SLURM_API_TOKEN": "s3cret", "HOME": "/root", "NCCL_IB_PASSWORD": "x"}
+    env = {
+        "SLURM_JOB_ID": "5",
+        "SLURM_JOB_NAME": "train",
+        "SLURM_JOB_NODELIST": "n[1-2]",
+        "CUDA_VISIBLE_DEVICES": "0",
+        "NCCL_DEBUG": "INFO",
+        "SLURM_API_TOKEN": "s3cret",
+        "HOME": "/root",
+        "NCCL_IB_PASSWORD": "x",
+    }
     snap = environment_snapshot(env)
     assert snap["SLURM_JOB_ID"] == "5" and snap["CUDA_VISIBLE_DEVICES"] == "0" and "NCCL_DEBUG" in snap
     assert "SLURM_API_TOKEN" not in snap and "NCCL_IB_PASSWORD" not in snap and "HOME" not in snap
@@ -95,7 +117,9 @@ def test_run_location_sources(tmp_path):
     loc = resolve_location(ident(SLURM_JOB_ID="123", SLURM_RESTART_COUNT="2"), root, "exp", None, {})
     assert (loc.run_id, loc.attempt, loc.id_source) == ("slurm-123", 2, "slurm")
     assert loc.rank_file(7).endswith("exp/slurm-123/ranks/rank-00007.attempt-2.h5")
-    loc = resolve_location(ident(), root, None, None, {"PROV4ML_HPC_RUN_ID": "fixed", "PROV4ML_HPC_EXPERIMENT": "e2"})
+    loc = resolve_location(
+        ident(), root, None, None, {"PROV4ML_HPC_RUN_ID": "fixed", "PROV4ML_HPC_EXPERIMENT": "e2"}
+    )
     assert (loc.run_id, loc.experiment, loc.id_source) == ("fixed", "e2", "env")
     loc = resolve_location(ident(RANK="0", WORLD_SIZE="2", TORCHELASTIC_RUN_ID="r9"), root, "e", None, {})
     assert loc.run_id == "torchrun-r9"

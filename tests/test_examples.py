@@ -20,7 +20,7 @@ from conftest import clean_env, run_mpi
 
 pytest.importorskip("torch", reason="torch is not installed (pip install -r requirements-ml.txt)")
 
-from prov4ml_hpc.reader import read_rank_file  # noqa: E402
+from prov4ml_hpc.merge.reader import read_rank_file  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PLAIN, EXPLICIT = str(EXAMPLES / "ddp_plain.py"), str(EXAMPLES / "ddp_explicit.py")

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from prov4ml_hpc.environment import Identity
-from prov4ml_hpc.samplers import MemorySink, SamplerThread
+from prov4ml_hpc.job.environment import Identity
+from prov4ml_hpc.rank.samplers import MemorySink, SamplerThread
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 

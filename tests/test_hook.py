@@ -13,7 +13,8 @@ import pytest
 from conftest import clean_env
 
 import prov4ml_hpc as p4
-from prov4ml_hpc import hook, schema
+from prov4ml_hpc import schema
+from prov4ml_hpc.rank import hook
 
 STEP = {
     "SLURM_JOB_ID": "900",

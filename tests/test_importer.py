@@ -8,9 +8,9 @@ import os
 
 import pytest
 
+from prov4ml_hpc.compat.importer import import_yprov4ml
 from prov4ml_hpc.errors import ConfigError
-from prov4ml_hpc.importer import import_yprov4ml
-from prov4ml_hpc.reader import read_rank_file
+from prov4ml_hpc.merge.reader import read_rank_file
 
 T0 = 1_700_000_000_000  # Unix ms
 

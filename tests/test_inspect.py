@@ -13,7 +13,7 @@ import pytest
 from conftest import clean_env
 
 import prov4ml_hpc as p4
-from prov4ml_hpc.summary import format_summary, load_run, summarize
+from prov4ml_hpc.view.inspect import format_summary, load_run, summarize
 
 
 def make_run(
@@ -174,7 +174,7 @@ def test_many_ranks_are_grouped(tmp_path):
     info = load_run(run_dir)
     for r in info.ranks:  # as if the world had 40 ranks and ranks 3..39 never started: missing
         r.attrs["world_size"] = 40
-    from prov4ml_hpc.summary import _add_missing, summarize_info
+    from prov4ml_hpc.view.inspect import _add_missing, summarize_info
 
     info.ranks = [r for r in info.ranks if r.attrs]
     _add_missing(info.ranks)

@@ -13,7 +13,7 @@ from conftest import clean_env, run_mpi
 
 import prov4ml_hpc as p4
 from prov4ml_hpc import schema
-from prov4ml_hpc.run import LaunchOptions, UsageError, parse_args
+from prov4ml_hpc.rank.launcher import LaunchOptions, UsageError, parse_args
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys

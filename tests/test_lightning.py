@@ -94,7 +94,7 @@ def _run(tmp_path, env_extra):
     run_dir = [ln.split(" ", 1)[1] for ln in proc.stdout.splitlines() if ln.startswith("RUN_DIR ")][0]
     files = glob.glob(os.path.join(run_dir, "ranks", "rank-*.h5"))
     assert len(files) == 1, files
-    from prov4ml_hpc.reader import read_rank_file
+    from prov4ml_hpc.merge.reader import read_rank_file
 
     return run_dir, read_rank_file(files[0])
 

@@ -20,7 +20,7 @@ from prov.model import ProvDocument
 from prov4ml_hpc import schema
 from prov4ml_hpc.errors import MergeError
 from prov4ml_hpc.merge import merge_run
-from prov4ml_hpc.runfile import read_run_file
+from prov4ml_hpc.merge.runfile import read_run_file
 
 NAN, INF = float("nan"), float("inf")
 

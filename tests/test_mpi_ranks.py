@@ -57,4 +57,6 @@ def test_without_mpi4py_ranks_need_a_shared_run_id(tmp_path):
     env = clean_env(PROV4ML_HPC_RUN_ID="shared-id")
     proc = run_mpi(2, [str(script), str(tmp_path / "runs")], env=env, timeout=60)
     assert sorted(os.listdir(tmp_path / "runs" / "mpi" / "shared-id" / "ranks")) == [
-        "rank-00000.h5", "rank-00001.h5"]
+        "rank-00000.h5",
+        "rank-00001.h5",
+    ]

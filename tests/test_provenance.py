@@ -20,9 +20,7 @@ from prov.model import ProvActivity, ProvDocument, ProvElement, ProvRelation
 
 from prov4ml_hpc import schema
 from prov4ml_hpc.errors import ExportError
-from prov4ml_hpc.provenance import build_document, load_prov_json, serialize, write_prov_json
-from prov4ml_hpc.provenance import vocab as v
-from prov4ml_hpc.record import (
+from prov4ml_hpc.merge.model import (
     ArtifactRecord,
     ContextSpan,
     JobInfo,
@@ -31,6 +29,8 @@ from prov4ml_hpc.record import (
     RunSummary,
     SeriesSummary,
 )
+from prov4ml_hpc.provenance import build_document, load_prov_json, serialize, write_prov_json
+from prov4ml_hpc.provenance import vocab as v
 
 T0 = 1_700_000_000.25
 ALLOWED = {

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from test_inspect import make_run
 
-from prov4ml_hpc.report import write_report
-from prov4ml_hpc.report.data import MetricData, PlotData, SystemSeries
-from prov4ml_hpc.report.plots import band, decimate, plot_energy, plot_gpus, plot_metric, plot_nodes
+from prov4ml_hpc.view.report import write_report
+from prov4ml_hpc.view.report.data import MetricData, PlotData, SystemSeries
+from prov4ml_hpc.view.report.plots import band, plot_energy, plot_gpus, plot_metric, plot_nodes
+from prov4ml_hpc.view.report.thin import decimate
 
 # read at import: the autouse fixture of conftest.py removes PROV4ML_HPC_* variables from each test's environment
 REQUIRE_CHROMIUM = bool(os.environ.get("PROV4ML_HPC_REQUIRE_CHROMIUM"))
@@ -151,7 +152,7 @@ def test_ten_million_points_plot_fast(tmp_path):
     steps = np.arange(n, dtype=np.int64)
     rng = np.random.default_rng(0)
     mean = 1.0 / np.sqrt(steps + 1.0) + rng.normal(0, 0.01, n)
-    from prov4ml_hpc.runfile import agg_dtype
+    from prov4ml_hpc.merge.runfile import agg_dtype
 
     agg = np.empty(n, dtype=agg_dtype())  # the stored form of /aggregates
     agg["step"], agg["count"], agg["nonfinite"] = steps, 1000, 0

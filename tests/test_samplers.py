@@ -11,13 +11,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from prov4ml_hpc.environment import Identity
 from prov4ml_hpc.errors import ConfigError
-from prov4ml_hpc.samplers import MemorySink, SamplerThread, SampleSink, Source
-from prov4ml_hpc.samplers.energy import CodeCarbonSource, RaplSource, rapl_delta, rapl_zones
-from prov4ml_hpc.samplers.gpu import GpuSource, parse_visible_devices
-from prov4ml_hpc.samplers.host import HostSource
-from prov4ml_hpc.samplers.thread import parse_flag, parse_interval
+from prov4ml_hpc.job.environment import Identity
+from prov4ml_hpc.rank.samplers import MemorySink, SamplerThread, SampleSink, Source
+from prov4ml_hpc.rank.samplers.energy import CodeCarbonSource, RaplSource, rapl_delta, rapl_zones
+from prov4ml_hpc.rank.samplers.gpu import GpuSource, parse_visible_devices
+from prov4ml_hpc.rank.samplers.host import HostSource
 
 NVML_DATA = Path(__file__).parent / "data" / "nvml"
 
@@ -599,25 +598,6 @@ def test_config_from_environment():
         SamplerThread(MemorySink(), IDENT0, environ={"PROV4ML_HPC_SAMPLE_INTERVAL": "fast"})
     with pytest.raises(ConfigError, match="PROV4ML_HPC_SAMPLE_GPU"):
         SamplerThread(MemorySink(), IDENT0, environ={"PROV4ML_HPC_SAMPLE_GPU": "maybe"})
-
-
-@pytest.mark.parametrize(
-    ("raw", "value"), [(None, 1.0), ("", 1.0), ("0", 0.0), ("OFF", 0.0), ("2.5", 2.5), (0.1, 0.1)]
-)
-def test_parse_interval(raw, value):
-    assert parse_interval(raw, "X", 1.0) == value
-
-
-@pytest.mark.parametrize("raw", ["-1", "nan", "inf", "soon"])
-def test_parse_interval_rejects(raw):
-    with pytest.raises(ConfigError):
-        parse_interval(raw, "X", 1.0)
-
-
-def test_parse_flag():
-    assert parse_flag("yes", "X", False) and not parse_flag("0", "X", True) and parse_flag(None, "X", True)
-    with pytest.raises(ConfigError):
-        parse_flag("2", "X", True)
 
 
 # ---- energy with the real codecarbon offline tracker ------------------------------------------------------

@@ -9,8 +9,28 @@ import pytest
 from prov4ml_hpc import schema
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "/etc/passwd", "../../x", "loss val", "ünïcødé", "%", "%-",
-                                  "%2F", "x" * 5000, "a.b.c", "tab\there", "nul\x00byte", "emoji😀", "\udcff"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        ".",
+        "..",
+        "a/b",
+        "/etc/passwd",
+        "../../x",
+        "loss val",
+        "ünïcødé",
+        "%",
+        "%-",
+        "%2F",
+        "x" * 5000,
+        "a.b.c",
+        "tab\there",
+        "nul\x00byte",
+        "emoji😀",
+        "\udcff",
+    ],
+)
 def test_escape_round_trip_and_safety(name):
     esc = schema.escape_name(name)
     assert schema.unescape_name(esc) == name

@@ -13,8 +13,9 @@ import pytest
 from conftest import clean_env
 
 import prov4ml_hpc as p4
-from prov4ml_hpc import schema, signals
+from prov4ml_hpc import schema
 from prov4ml_hpc.errors import ConfigError
+from prov4ml_hpc.rank import signals
 
 LOOP = textwrap.dedent("""
     import signal, sys, time
@@ -200,10 +201,25 @@ def test_a_repeated_sigterm_does_not_cut_the_close_short(tmp_path):
     import prov4ml_hpc as _p4
 
     script = tmp_path / "loop.py"
-    script.write_text("import time\nimport prov4ml_hpc as p4\nprint(p4.active_run().rank_file, flush=True)\n"
-                      "i = 0\nwhile True:\n    p4.log_metric('x', float(i)); i += 1\n    if i % 1000 == 0: time.sleep(0.001)\n")
-    proc = _sp.Popen([_sys.executable, "-m", "prov4ml_hpc.run", "--run-dir", str(tmp_path / "r"), "--run-id", "twice",
-                      str(script)], env=clean_env(), stdout=_sp.PIPE, text=True)
+    script.write_text(
+        "import time\nimport prov4ml_hpc as p4\nprint(p4.active_run().rank_file, flush=True)\n"
+        "i = 0\nwhile True:\n    p4.log_metric('x', float(i)); i += 1\n    if i % 1000 == 0: time.sleep(0.001)\n"
+    )
+    proc = _sp.Popen(
+        [
+            _sys.executable,
+            "-m",
+            "prov4ml_hpc.run",
+            "--run-dir",
+            str(tmp_path / "r"),
+            "--run-id",
+            "twice",
+            str(script),
+        ],
+        env=clean_env(),
+        stdout=_sp.PIPE,
+        text=True,
+    )
     path = proc.stdout.readline().strip()
     import time as _time
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from slurmcluster import SlurmCluster
 
-from prov4ml_hpc.environment import slurm_snapshot
-from prov4ml_hpc.slurm import job_info
+from prov4ml_hpc.job.environment import slurm_snapshot
+from prov4ml_hpc.job.jobinfo import job_info
 
 pytestmark = pytest.mark.slurm
 

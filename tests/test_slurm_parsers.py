@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from prov4ml_hpc.environment import slurm_snapshot
 from prov4ml_hpc.errors import Prov4mlHpcError, SlurmError
-from prov4ml_hpc.slurm import (
+from prov4ml_hpc.job.environment import slurm_snapshot
+from prov4ml_hpc.job.jobinfo import job_info
+from prov4ml_hpc.job.slurm import (
     SACCT_FIELDS,
     compress_hostlist,
     expand_hostlist,
-    job_info,
     parse_array_task_ids,
     parse_sacct,
     parse_scontrol_job,

@@ -18,8 +18,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .. import api
 from ..log import logger
+from ..rank import api
 
 __all__ = [
     "Context",
@@ -299,7 +299,7 @@ def _save_model(run: api.Run, model: Any, file_name: str) -> str | None:
     torch = sys.modules.get("torch")
     if torch is None or not callable(state):
         return None
-    from ..artifacts import safe_component
+    from ..rank.artifacts import safe_component
 
     path = os.path.join(_models_dir(run), safe_component(file_name))
     try:
@@ -443,7 +443,7 @@ def log_execution_command(cmd: str, path: str) -> None:
 
 def log_source_code(path: str | None = None, use_git: bool = False) -> None:
     """Record the running script (sha256) and its git state (commit, branch, dirty, remote without credentials)."""
-    from ..capture import capture_source
+    from ..job.capture import capture_source
 
     main = sys.modules.get("__main__")
     script = path or getattr(main, "__file__", None) or (sys.argv[0] if sys.argv and sys.argv[0] else None)

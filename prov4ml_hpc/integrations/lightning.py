@@ -42,8 +42,9 @@ except ImportError:  # pragma: no cover - depends on what is installed
             "(install torch first, so that pip does not pick another torch build)"
         ) from None
 
-from .. import api, schema
+from .. import schema
 from ..log import logger as _log
+from ..rank import api
 
 STAGE_CONTEXTS = {
     "train": api.TRAINING,

@@ -21,13 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import runfile, schema
+from .. import schema
 from .._version import __version__
 from ..errors import MergeError
+from ..h5 import open_h5
 from ..log import logger
-from ..rankfile import _open_h5
-from ..record import RunSummary
+from . import runfile
 from . import summary as sm
+from .model import RunSummary
 from .stats import StepStats
 from .stream import stream_rank
 
@@ -203,7 +204,7 @@ class _Merge:
 
     def stream_share(self) -> dict[str, Any]:
         path = self.part if self.parallel else self.tmp_run
-        self.out = _open_h5(path, "w")
+        self.out = open_h5(path, "w")
         mine_total = sum(h.nrows for h, rf in self.mine if rf is not None)
         done = 0
         results: dict[str, Any] = {}
@@ -253,7 +254,7 @@ class _Merge:
                 if got is None:
                     continue
                 series, _rows, path = got
-                f = files.get(path) or files.setdefault(path, _open_h5(path, "r"))
+                f = files.get(path) or files.setdefault(path, open_h5(path, "r"))
                 blocks = f.get(f"{_PARTIALS}/{h.found.stem}", {})
                 for b in sorted(blocks):
                     g = blocks[b]
@@ -264,15 +265,15 @@ class _Merge:
         return self.acc
 
     def finish(self, plan: dict[str, Any], streamed: list[dict[str, Any]]) -> MergeResult:
+        from ..job.jobinfo import job_info
         from ..provenance.export import write_prov_json
         from ..provenance.graph import build_document
-        from ..slurm import job_info
 
         self.streamed = {stem: v for part in streamed for stem, v in part.items()}
         snap, job_id = sm.job_snapshot(self.headers)
         job = job_info(snap, job_id, query=self.query_slurm)
         aggregates = self.fold()
-        out = self.out if not self.parallel else _open_h5(self.tmp_run, "w")
+        out = self.out if not self.parallel else open_h5(self.tmp_run, "w")
         self.out = out
         if self.parallel:
             self._copy_parts(out)
@@ -318,7 +319,7 @@ class _Merge:
         for _stem, (series, _rows, path) in self.streamed.items():
             by_file.setdefault(path, []).extend(series)
         for path, series in sorted(by_file.items()):
-            with _open_h5(path, "r") as src:
+            with open_h5(path, "r") as src:
                 for x in series:
                     group = runfile.require_series_group(
                         out, runfile.G_SERIES, x.context, x.name, x.kind, x.unit

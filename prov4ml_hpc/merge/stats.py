@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..runfile import agg_dtype
+from .runfile import agg_dtype
 
 _I8 = np.int64
 _F8 = np.float64

@@ -14,9 +14,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .. import runfile, schema
-from ..reader import RankFile
-from ..record import SeriesSummary
+from .. import schema
+from . import runfile
+from .model import SeriesSummary
+from .reader import RankFile
 from .stats import StepStats
 
 CHUNK_ROWS = 65536

@@ -16,9 +16,10 @@ from typing import Any
 from .. import schema
 from .._version import __version__
 from ..errors import RankFileError
-from ..reader import RankFile, SeriesDef, read_rank_file
-from ..record import ArtifactRecord, ContextSpan, JobInfo, ParamRecord, RankSummary, RunSummary, SeriesSummary
-from ..runfile import rank_stem
+from ..job.jobinfo import JobInfo
+from .model import ArtifactRecord, ContextSpan, ParamRecord, RankSummary, RunSummary, SeriesSummary
+from .reader import RankFile, SeriesDef, read_rank_file
+from .runfile import rank_stem
 
 BAD_STATUSES = (schema.STATUS_PARTIAL, schema.STATUS_MISSING, schema.STATUS_CORRUPT)
 _FILE_KEYS = ("path", "copy", "sha256", "size", "step", "attrs")
@@ -54,10 +55,12 @@ class RankHeader:
 
 def discover(run_dir: str) -> list[Found]:
     """Rank files under run_dir/ranks, sorted by (attempt, global_rank); [] when there are none."""
-    from ..reader import discover_rank_files
+    from .reader import discover_rank_files
 
-    return [Found(rank, attempt, os.path.join(run_dir, rel), rel)
-            for rank, attempt, rel in discover_rank_files(run_dir)]
+    return [
+        Found(rank, attempt, os.path.join(run_dir, rel), rel)
+        for rank, attempt, rel in discover_rank_files(run_dir)
+    ]
 
 
 def open_rank(found: Found) -> tuple[RankHeader, RankFile | None]:

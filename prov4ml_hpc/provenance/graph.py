@@ -23,8 +23,8 @@ from prov.identifier import QualifiedName
 from prov.model import ProvDocument
 
 from prov4ml_hpc import schema
+from prov4ml_hpc.merge.model import ArtifactRecord, ParamRecord, RankSummary, RunSummary, SeriesSummary
 from prov4ml_hpc.provenance import vocab as v
-from prov4ml_hpc.record import ArtifactRecord, ParamRecord, RankSummary, RunSummary, SeriesSummary
 
 Attrs = list[tuple[QualifiedName, Any]]
 _LABEL_VALUE_MAX = 60

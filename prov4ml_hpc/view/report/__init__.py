@@ -1,0 +1,121 @@
+"""The report of a run: PNG plots (matplotlib, headless) and one HTML page, ``RUN_DIR/report/index.html``.
+
+``write_report(run_dir)`` works on merged runs (run.h5) and, before a merge, on the rank files; see
+docs/report.md for what each plot shows.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+
+from ... import schema
+
+__all__ = ["write_report"]
+
+Progress = Callable[[int, int, str], None]
+
+
+def stderr_progress(min_total: int = 50) -> Progress:
+    """A progress callback printing to stderr about every 5% of a long task (nothing for short ones)."""
+    state = {"next": 0.0}
+
+    def report(done: int, total: int, what: str) -> None:
+        if total < min_total:
+            return
+        frac = done / max(total, 1)
+        if frac >= state["next"] or done == total:
+            print(f"report: reading {done}/{total} ({what})", file=sys.stderr, flush=True)
+            state["next"] = frac + 0.05
+
+    return report
+
+
+def _slug(*parts: str) -> str:
+    text = "-".join(parts)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:80] or "metric"
+
+
+def write_report(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    embed: bool = False,
+    progress: Progress | None = None,
+) -> str:
+    """Write the plots and index.html of a run; return the path of index.html.
+
+    Args:
+        run_dir: the run directory (merged or not, running or finished).
+        out_dir: where to write (default RUN_DIR/report); created when missing; its old PNG/SVG files of
+            earlier reports are replaced.
+        embed: put the images into index.html as data: URIs (one file to send around) instead of files next
+            to it referenced relatively.
+        progress: called as progress(done, total, what) while series are read; default: a line on stderr
+            about every 5% for runs with 50 or more ranks or series groups.
+
+    Raises:
+        ConfigError: run_dir is not a run directory.
+    """
+    from ..inspect import load_run, summarize_info
+    from .data import load_plot_data
+    from .graph import render_graph
+    from .html import Figure, render_page
+    from .plots import plot_energy, plot_gpus, plot_metric, plot_nodes
+
+    t_start = time.perf_counter()
+    run_dir = os.path.abspath(os.fspath(run_dir))
+    info = load_run(run_dir)
+    summary = summarize_info(info)
+    out = (
+        os.path.abspath(os.fspath(out_dir))
+        if out_dir is not None
+        else os.path.join(run_dir, schema.REPORT_DIR)
+    )
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(out):  # files of an earlier report
+        if name.endswith((".png", ".svg")) and (
+            name.startswith(("metric-", "gpus", "nodes", "energy", "provenance"))
+        ):
+            os.unlink(os.path.join(out, name))
+    data = load_plot_data(info, progress=progress or stderr_progress())
+    sections: dict[str, list[Figure]] = {"metrics": [], "gpu": [], "nodes": [], "energy": [], "graph": []}
+    for i, md in enumerate(data.metrics):
+        name = f"metric-{i:03d}-{_slug(md.context, md.name)}.png"
+        plot_metric(md, os.path.join(out, name))
+        sections["metrics"].append(Figure(f"{md.name} ({md.context})", name))
+    if not data.metrics:
+        sections["metrics"].append(Figure("metrics", None, "no metrics logged"))
+    for key, fn, name, none in (
+        (
+            "gpu",
+            plot_gpus,
+            "gpus.png",
+            "no GPU samples (no gpu.* series: no GPU, NVML absent or sampling off)",
+        ),
+        ("nodes", plot_nodes, "nodes.png", "no node samples (node.* series; system metrics were off)"),
+        (
+            "energy",
+            plot_energy,
+            "energy.png",
+            "no energy samples (energy.* series need codecarbon, on local rank 0)",
+        ),
+    ):
+        made = fn(data, os.path.join(out, name))
+        sections[key].append(Figure(key, name) if made else Figure(key, None, none))
+    svg, what = render_graph(run_dir, summary, os.path.join(out, "provenance.svg"))
+    sections["graph"].append(Figure("provenance graph", os.path.basename(svg) if svg else None, what))
+    generated = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    page = render_page(summary, out, sections, embed=embed, generated=generated)
+    index = os.path.join(out, "index.html")
+    tmp = f"{index}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    os.replace(tmp, index)
+    if data.nranks >= 50:
+        print(f"report: {index} written in {time.perf_counter() - t_start:.1f} s", file=sys.stderr)
+    return index

@@ -12,8 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ConfigError
 
@@ -22,9 +21,10 @@ FALSE_WORDS = ("0", "false", "no", "off")
 OFF_WORDS = FALSE_WORDS + ("none", "disabled")  # also accepted by "seconds_or_off" settings
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One environment variable.  ``kind``: bool, int, float, seconds_or_off, str, choice."""
+class Setting(NamedTuple):
+    """One environment variable.  ``kind``: bool, int, float, seconds_or_off, str, choice.
+
+    (A NamedTuple, not a dataclass: ``import prov4ml_hpc`` must stay cheap, and dataclasses costs ~12 ms.)"""
 
     name: str
     kind: str
@@ -127,7 +127,7 @@ def parse(name: str, raw: Any, *, label: str | None = None, origin: str = "") ->
     """
     s = SETTINGS[name]
     if label is not None:
-        s = Setting(label, s.kind, s.default, s.help, s.minimum, s.strict_min, s.choices, s.internal, origin)
+        s = s._replace(name=label, origin=origin)
     if raw is None or (isinstance(raw, str) and raw.strip() == ""):
         return s.default
     text = raw.strip() if isinstance(raw, str) else raw

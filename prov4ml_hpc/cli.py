@@ -337,7 +337,7 @@ def sbatch(template: str, command: tuple[str, ...], hook: bool, submit: bool, **
 @click.option("--merge/--no-merge", default=True, show_default=True, help="merge the imported run")
 def import_yprov4ml_cmd(src_dir: str, run_dir: str, experiment: str | None, merge: bool) -> None:
     """Turn a yProv4ML run directory (PROV-JSON + metric CSV/NetCDF files) into a prov4ml-hpc run."""
-    from .importer import import_yprov4ml
+    from .compat.importer import import_yprov4ml
 
     new_dir = import_yprov4ml(src_dir, run_dir, experiment=experiment)
     if merge:

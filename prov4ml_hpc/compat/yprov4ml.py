@@ -300,9 +300,13 @@ def __getattr__(name: str) -> Any:
 def install_alias() -> None:
     """Make ``import yprov4ml`` (and its ``functs``, ``utils.getters`` submodules) give the drop-in, for scripts
     that cannot be edited at all."""
+    import types
+
     from . import yprov_getters
 
-    me = sys.modules[__name__]
-    sys.modules.setdefault("yprov4ml", me)
+    utils = types.ModuleType("yprov4ml.utils", "yProv4ML's utils package: its getters")
+    utils.getters = yprov_getters  # type: ignore[attr-defined]
+    sys.modules.setdefault("yprov4ml", sys.modules[__name__])
     sys.modules.setdefault("yprov4ml.functs", functs)
+    sys.modules.setdefault("yprov4ml.utils", utils)
     sys.modules.setdefault("yprov4ml.utils.getters", yprov_getters)

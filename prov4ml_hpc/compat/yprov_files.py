@@ -372,8 +372,8 @@ def project_files(script: str, run_dir: str) -> list[str]:
     found = {Path(script).resolve()}
     for module in list(sys.modules.values()):
         f = getattr(module, "__file__", None)
-        if not isinstance(f, str) or not f.endswith(".py"):
-            continue
+        if not isinstance(f, str) or not f.endswith(".py") or not os.path.isabs(f) or not os.path.isfile(f):
+            continue  # torch's lazy modules name a bare "_classes.py": not a file of the project
         p = Path(f).resolve()
         if not p.is_relative_to(root) or "site-packages" in p.parts or any(p.is_relative_to(s) for s in skip):
             continue

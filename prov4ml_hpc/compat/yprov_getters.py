@@ -26,11 +26,19 @@ TYPES = {
 _SERIES = TYPES["provml:Metric"]
 
 
+_NUMBERS = {"xsd:int": int, "xsd:long": int, "xsd:integer": int, "xsd:double": float, "xsd:float": float}
+
+
 def _unwrap(value: Any) -> Any:
+    """A PROV-JSON literal as a Python value: ``{"$": "32", "type": "xsd:int"}`` -> 32."""
     if isinstance(value, list) and len(value) == 1:
         value = value[0]
     if isinstance(value, dict) and "$" in value:
-        return value["$"]
+        conv = _NUMBERS.get(str(value.get("type")))
+        try:
+            return conv(value["$"]) if conv is not None else value["$"]
+        except (TypeError, ValueError):
+            return value["$"]
     return value
 
 

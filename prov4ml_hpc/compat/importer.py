@@ -34,6 +34,7 @@ _PROV_JSON = re.compile(r"^prov_(?P<exp>.+)_GR(?P<rank>\d+)_(?P<n>\d+)\.json$")
 _METRIC_DIR = re.compile(r"^metrics_GR(?P<rank>\d+)$")
 _METRIC_FILE = re.compile(r"^(?P<stem>.+)_GR(?P<rank>\d+)\.(?P<ext>csv|nc|zarr)$")
 _RUN_DIR = re.compile(r"^(?P<exp>.+)_(?P<n>\d+)$")
+_OTHER_ROOT = re.compile(r"^(?P<key>.+?)_(?P<ctx>.+_GR\d+_\d+)_(?P<src>[^_]+)$")
 _WORDS = (
     "Training",
     "Validation",
@@ -157,6 +158,9 @@ def split_stem(stem: str, known: set[str], root: str, v2: bool) -> tuple[str, st
         at = stem.rfind(marker)
         if not v2 and at > 0 and len(stem) > at + len(marker):
             return stem[:at], ctx_name, stem[at + len(marker) :], True
+    other_root = _OTHER_ROOT.match(stem)  # another run's root context <exp>_GR<rank>_<N>: still a root
+    if other_root and not v2:
+        return other_root.group("key"), root, other_root.group("src"), False
     parts = stem.split("_")
     if v2 and len(parts) >= 2:
         return "_".join(parts[:-1]), parts[-1], None, False

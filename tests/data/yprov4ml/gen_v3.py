@@ -5,7 +5,6 @@ import signal
 import sys
 
 import torch
-import torch.nn.functional as F
 import yprov4ml
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset

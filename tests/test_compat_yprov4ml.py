@@ -665,6 +665,8 @@ def test_artifacts_missing_file_copy_name_and_models(yp, tmp_path):
     )
     assert rec["copy"] == "artifacts/rank-00000/raw/data.csv" and len(rec["sha256"]) == 64
     assert (Path(yp.get_run_dir()) / rec["copy"]).read_text() == "x,y\n1,2\n"
+    again = yp.log_artifact("data", "data.csv", "Training", 3)  # 2.x positional step
+    assert (again["step"], again["attrs"], again["copy"]) == (3, {}, "artifacts/rank-00000/data.csv")
     model = torch.nn.Linear(4, 2)
     v0 = yp.save_model_version("m", model, "Training", 0)  # 2.x positional step
     v1 = yp.save_model_version("m", model, "Training", step=1)

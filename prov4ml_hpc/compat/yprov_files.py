@@ -109,12 +109,17 @@ def log_artifact(
     other_attrs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """yProv4ML's log_artifact: a file with its size and sha256, copied (by default) as
-    ``artifacts/rank-NNNNN/[<subdirectory>/]<file name>``; ``is_model`` makes it a model record.
+    ``artifacts/rank-NNNNN/[<subdirectory>/]<file name>``; ``is_model`` makes it a model record.  An integer
+    where 3.x has ``source`` is 2.x's positional ``step``.
 
     Raises:
         FileNotFoundError: ``artifact_path`` does not exist (as yProv4ML).
         NoActiveRunError: no run is active.
     """
+    if isinstance(source, int) and not isinstance(
+        source, bool
+    ):  # 2.x: log_artifact(name, path, context, step)
+        source, step = None, source
     run = _run("log_artifact")
     if run is None:
         return None

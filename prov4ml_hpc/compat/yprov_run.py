@@ -36,6 +36,7 @@ class State:
         self.sources: set[tuple[str, str, str]] = set()
         self.flops: dict[str, float] = {}  # running totals: "batch" and "epoch"
         self.tracker: Any = None  # the yProv4ML-named system tracker (yprov_system)
+        self.cpu_meter: Any = None  # its CPU baseline, taken at start_run as yProv4ML's
         self.closers: list[Callable[[], None]] = []  # wrappers that write their file at end_run
         self.warned: set[str] = set()
 
@@ -97,6 +98,9 @@ def start_run(
     STATE.__init__()  # in place: the other compat modules hold this object
     STATE.warned = warned
     STATE.start_time = time.time()
+    from ..samplers.host import CpuTimesMeter
+
+    STATE.cpu_meter = CpuTimesMeter()  # one psutil.cpu_times(): the first log_system_metrics' CPU baseline
     settings = {
         "experiment_name": experiment_name,
         "prov_user_namespace": prov_user_namespace,

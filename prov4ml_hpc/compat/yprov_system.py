@@ -1,7 +1,8 @@
 """yProv4ML's log_system_metrics / log_carbon_metrics for the drop-in: its own series, in the given context at the
 given step, measured with prov4ml-hpc's sources (psutil, RAPL, NVML for this rank's GPU, codecarbon).
 
-Each call also takes one prov4ml-hpc system sample (the ``system`` context, sampled every second anyway).  A
+Each call also takes one prov4ml-hpc system sample (the ``system`` context) when the sampler thread is off
+(with it on, the default, it samples every second anyway).  A
 value that is not measured here is NaN, as yProv4ML writes ``None``; where yProv4ML writes an estimate (RAM
 power as 0.375 W per GiB used, GPU memory power as a share of board power) the drop-in writes NaN, and GPU
 energy comes from the GPU's own energy counter when it has one.  The energy and power figures cover the time
@@ -98,7 +99,7 @@ class Tracker:
         from ..samplers.host import CpuTimesMeter
 
         self.sink = _Capture(run.recorder)
-        self.cpu = CpuTimesMeter()
+        self.cpu = STATE.cpu_meter or CpuTimesMeter()  # the baseline taken at start_run
         self.rapl = RaplSource(self.sink, rapl_root or RAPL_ROOT)
         self.gpu = GpuSource(
             self.sink, run.identity.local_rank, False, nvml, os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -197,7 +198,8 @@ def _tracker(run: Any) -> Tracker:
 
 def log_system_metrics(context: Any = None, step: int | None = 0) -> None:
     """yProv4ML 3.x's 16 series (``cpu_usage_pct`` ... ``gpu_temperature_c``) in ``context`` at ``step``, source
-    the hardware used (``RAPL+NVML``, ``psutil``, ...), plus one prov4ml-hpc system sample."""
+    the hardware used (``RAPL+NVML``, ``psutil``, ...), plus one prov4ml-hpc system sample when the sampler
+    thread is off."""
     from .yprov4ml import log_metric
 
     run = api.active_run()
@@ -207,7 +209,13 @@ def log_system_metrics(context: Any = None, step: int | None = 0) -> None:
     t = time.time() * 1000.0
     for name, value in tracker.checkpoint().items():
         log_metric(name, value, context, step, source=tracker.mode, timestamp=t)
-    api.log_system_metrics()
+    _our_sample(run)
+
+
+def _our_sample(run: Any) -> None:
+    """One prov4ml-hpc system sample, unless the sampler thread takes them anyway (every second, ~2.7 ms each)."""
+    if not getattr(getattr(run, "sampler", None), "running", False):
+        api.log_system_metrics()
 
 
 def _codecarbon(run: Any) -> Any:
@@ -242,4 +250,4 @@ def log_carbon_metrics(context: Any = None, step: int | None = 0) -> None:
         log_metric(
             name, NAN if value is None else float(value), context, step, source="codecarbon", timestamp=t
         )
-    api.log_system_metrics()
+    _our_sample(run)

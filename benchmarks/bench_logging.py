@@ -82,6 +82,52 @@ def bench_ours(n: int, root: str) -> dict:
     }
 
 
+def bench_dropin(n: int, root: str) -> dict:
+    """The yProv4ML drop-in's log_metric, as yProv4ML scripts call it: a context and a step, no context, and
+    a source (what ProvenanceTrackedFunction passes on every call)."""
+    import prov4ml_hpc.compat.yprov4ml as yprov4ml
+
+    out = {}
+    for shape in ("context", "no_context", "source"):
+        yprov4ml.start_run("bench", provenance_save_dir=root, use_run_id=f"dropin-{shape}-{n}")
+        log = yprov4ml.log_metric
+        t = time.perf_counter()
+        if shape == "context":
+            for i in range(n):
+                log("loss", 0.5, context="Training", step=i)
+        elif shape == "no_context":
+            for i in range(n):
+                log("loss", 0.5, step=i)
+        else:
+            for i in range(n):
+                log("loss", 0.5, context="Training", step=i, source="MSELoss")
+        out[shape] = (time.perf_counter() - t) / n * 1e6
+        yprov4ml.end_run()
+    return out
+
+
+YPROV4ML_CODE = """
+import os, tempfile, time
+os.chdir(tempfile.mkdtemp())
+import yprov4ml
+yprov4ml.start_run('bench', provenance_save_dir='prov', collect_all_processes=True)
+t = time.perf_counter()
+for i in range(N): yprov4ml.log_metric('loss', 0.5, context='Training', step=i)
+per = (time.perf_counter() - t) / N * 1e6
+print(per)
+"""
+
+
+def bench_yprov4ml(python: str, n: int) -> dict:
+    """The real yProv4ML's log_metric in the interpreter given (3.2.8 needs Python >= 3.12 and torch)."""
+    proc = subprocess.run(
+        [python, "-c", f"N = {n}\n" + YPROV4ML_CODE], capture_output=True, text=True, timeout=1800
+    )
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+    return {"mean_us": float(proc.stdout.split()[-1])}
+
+
 def rss_growth(n: int, root: str) -> float:
     """Peak RSS growth while logging n values (in a fresh interpreter so earlier runs do not count)."""
     code = f"""
@@ -150,6 +196,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="200k calls, RSS only at 1M")
     ap.add_argument("--peers-python", default=None, help="interpreter with mlflow and wandb installed")
     ap.add_argument("--peer-calls", type=int, default=20_000)
+    ap.add_argument("--yprov4ml-python", default=None, help="interpreter with yprov4ml 3.2.8 installed")
     args = ap.parse_args()
     n = 200_000 if args.quick else args.calls
     root = tempfile.mkdtemp(prefix="p4bench-")
@@ -164,10 +211,24 @@ def main() -> None:
         f"max {ours['max_us']:.0f} us (timer cost {tfloor:.3f} us subtracted), end_run {ours['end_run_s'] * 1000:.1f} ms, "
         f"{ours['rows']} rows on disk"
     )
+    dropin = bench_dropin(n, root)
+    print(
+        "yprov4ml drop-in log_metric: "
+        + ", ".join(f"{k} {v:.3f} us/call ({v / ours['mean_us']:.2f}x ours)" for k, v in dropin.items())
+    )
+    if args.yprov4ml_python:
+        real = bench_yprov4ml(args.yprov4ml_python, n)
+        if "error" in real:
+            print(f"yprov4ml 3.2.8 log_metric: not measured ({real['error']})")
+        else:
+            print(
+                f"yprov4ml 3.2.8 log_metric: mean {real['mean_us']:.3f} us/call "
+                f"({real['mean_us'] / ours['mean_us']:.2f}x ours)"
+            )
     sizes = [1_000_000] if args.quick else [1_000_000, 20_000_000]
     for size in sizes:
         print(f"peak RSS growth logging {size:>10,} values: {rss_growth(size, root):6.1f} MB")
-    results = {"floor_us": floor, "ours": ours}
+    results = {"floor_us": floor, "ours": ours, "dropin_us": dropin}
     if args.peers_python:
         print(
             "      yprov4ml: not measured (3.2.8 does not import on Python 3.11: a 3.12-only f-string; "

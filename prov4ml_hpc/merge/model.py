@@ -50,6 +50,8 @@ class ParamRecord:
     context: str | None
     global_rank: int
     time: float
+    role: str | None = None  # "input" (used; None too) or "output" (wasGeneratedBy): yProv4ML's is_input
+    attrs: dict[str, Any] = field(default_factory=dict)  # free attributes (yProv4ML's source, ...)
 
 
 @dataclass

@@ -154,7 +154,11 @@ def rank_summary(h: RankHeader, series: list[SeriesSummary], rows: int) -> RankS
     for rec in h.records:
         kind, t = rec.get("type"), _float(rec.get("time")) or 0.0
         if kind == schema.REC_PARAM:
-            r.params.append(ParamRecord(str(rec.get("name")), rec.get("value"), rec.get("context"), rank, t))
+            role = rec.get("role") if rec.get("role") in ("input", "output") else None
+            attrs = rec.get("attrs") if isinstance(rec.get("attrs"), dict) else {}
+            r.params.append(
+                ParamRecord(str(rec.get("name")), rec.get("value"), rec.get("context"), rank, t, role, attrs)
+            )
         elif kind in (schema.REC_ARTIFACT, schema.REC_MODEL, schema.REC_DATASET):
             extra = {
                 k: v

@@ -23,7 +23,14 @@ from prov.identifier import QualifiedName
 from prov.model import ProvDocument
 
 from prov4ml_hpc import schema
-from prov4ml_hpc.merge.model import ArtifactRecord, ParamRecord, RankSummary, RunSummary, SeriesSummary
+from prov4ml_hpc.merge.model import (
+    ArtifactRecord,
+    ContextSpan,
+    ParamRecord,
+    RankSummary,
+    RunSummary,
+    SeriesSummary,
+)
 from prov4ml_hpc.provenance import vocab as v
 
 Attrs = list[tuple[QualifiedName, Any]]
@@ -134,6 +141,24 @@ def _sort_key(*parts: Any) -> tuple:
     return tuple(
         (p is None, str(type(p).__name__), p if isinstance(p, int | float) else str(p)) for p in parts
     )
+
+
+def _context_parents(events: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """child context -> parent context, from ``context`` events (yProv4ML's log_context(child, parent));
+    a link that would close a cycle is left out."""
+    parents: dict[str, str] = {}
+    for ev in events:
+        attrs = ev.get("attrs") if isinstance(ev.get("attrs"), Mapping) else {}
+        child, parent = ev.get("context"), attrs.get("parent")
+        if ev.get("name") != "context" or not isinstance(child, str) or not isinstance(parent, str):
+            continue
+        seen, p = {child}, parent
+        while p in parents and p not in seen:
+            seen.add(p)
+            p = parents[p]
+        if child and p not in seen and parent != child:
+            parents[child] = parent
+    return parents
 
 
 # ---- the builder ----------------------------------------------------------------------------------------
@@ -336,7 +361,7 @@ class _Builder:
         for series in sorted(r.series, key=lambda x: _sort_key(x.kind, x.context, x.name)):
             self.series(series, r, base, where, contexts.get(series.context, act_id))
         for param in sorted(r.params, key=lambda p: _sort_key(p.context, p.name, p.time)):
-            self.param(param, r, base, where, act_id)
+            self.param(param, r, base, where, contexts.get(param.context, act_id))
         models, datasets = [], []
         for art in sorted(
             r.artifacts, key=lambda a: _sort_key(a.kind, a.name, a.time, a.step, a.role, a.path)
@@ -352,16 +377,26 @@ class _Builder:
         return act_id
 
     def contexts(self, r: RankSummary, base: tuple[str, ...], where: str, act_id: QualifiedName) -> dict:
-        out: dict[str, QualifiedName] = {}
-        for span in sorted(r.contexts, key=lambda c: _sort_key(c.start, c.name)):
+        """One activity per context, informed by its parent context (a ``context`` event's ``parent``) or else
+        by the rank; the empty context "" is the rank activity itself (yProv4ML's root context)."""
+        parents = _context_parents(r.events)
+        spans = {s.name: s for s in r.contexts}
+        for child in sorted(parents, key=str):  # a parent nothing was logged in still gets its activity
+            if parents[child] not in spans and child in spans:
+                spans[parents[child]] = ContextSpan(parents[child], spans[child].start, spans[child].start)
+        out: dict[str, QualifiedName] = {"": act_id}
+        for span in sorted(spans.values(), key=lambda c: _sort_key(c.start, c.name)):
             if span.name in out:
                 continue
             qn = self.ident(*base, "ctx", v.escape_component(span.name))
             pairs = [(v.CONTEXT_NAME, span.name), (v.GLOBAL_RANK, r.global_rank), (v.ATTEMPT, r.attempt)]
             times = (utc(span.start), utc(span.end))
             self.node("activity", qn, [v.CONTEXT], f"{_shown(span.name)} @ {where}", _attrs(pairs), times)
-            self.doc.wasInformedBy(qn, act_id)
             out[span.name] = qn
+        for name, qn in out.items():
+            if name != "":
+                parent = out.get(parents.get(name, ""), act_id)
+                self.doc.wasInformedBy(qn, act_id if parent == qn else parent)
         return out
 
     def environment(self, r: RankSummary, base: tuple[str, ...], where: str, act_id: QualifiedName) -> None:
@@ -434,21 +469,24 @@ class _Builder:
         qn = self.ident(*base, "param", v.escape_component(p.context), v.escape_component(p.name))
         value = scalar(p.value)
         nonfinite = isinstance(p.value, float) and not math.isfinite(p.value)
-        attrs = _attrs(
-            [
-                (v.NAME, p.name),
-                (v.CONTEXT_NAME, p.context),
-                (v.GLOBAL_RANK, p.global_rank),
-                (v.ATTEMPT, r.attempt),
-                (v.TIME, utc(p.time)),
-                (v.VALUE_NONFINITE, value if nonfinite else None),
-            ]
-        )
+        pairs = [
+            (v.NAME, p.name),
+            (v.CONTEXT_NAME, p.context),
+            (v.GLOBAL_RANK, p.global_rank),
+            (v.ATTEMPT, r.attempt),
+            (v.TIME, utc(p.time)),
+            (v.VALUE_NONFINITE, value if nonfinite else None),
+            (v.ROLE, p.role),
+        ]
+        attrs = _attrs(pairs + _flat(p.attrs, set(), prefix=v.ATTR_PREFIX))
         if value is not None and not nonfinite:
             attrs.insert(0, (PROV_VALUE, value))
         label = f"{_shown(p.name)} = {_short(value)}"
         self.node("entity", qn, [v.PARAMETER], label, attrs)
-        self.doc.used(act_id, qn, utc(p.time))
+        if p.role == v.ROLE_OUTPUT:  # yProv4ML's log_param(is_input=False): the context generated it
+            self.doc.wasGeneratedBy(qn, act_id, utc(p.time), other_attributes={PROV_ROLE: p.role})
+        else:
+            self.doc.used(act_id, qn, utc(p.time))
 
     def artifact(self, a: ArtifactRecord, r: RankSummary, base: tuple, where: str, act: QualifiedName):
         qn = self.ident(*base, v.escape_component(a.kind), v.escape_component(a.name))

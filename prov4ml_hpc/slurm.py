@@ -26,6 +26,22 @@ from .record import JobInfo
 # Values SLURM prints for "not set".
 UNKNOWN_VALUES = frozenset({"", "(null)", "N/A", "n/a", "Unknown", "unknown", "None", "(none)", "NONE"})
 NO_TIME_LIMIT = frozenset({"UNLIMITED", "INFINITE", "Partition_Limit", "NOT_SET", "N/A", "NONE", ""})
+# Job states in which scontrol's EndTime is only the time limit's end (a projection), not when the job ended.
+NOT_ENDED_STATES = frozenset(
+    {
+        "PENDING",
+        "RUNNING",
+        "SUSPENDED",
+        "CONFIGURING",
+        "RESIZING",
+        "SIGNALING",
+        "STOPPED",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "RESV_DEL_HOLD",
+    }
+)
 
 # `sacct -P -n -o` fields that job_info asks for (accepted in plain and `-c` jobcomp mode).
 SACCT_FIELDS: tuple[str, ...] = (
@@ -504,7 +520,8 @@ def _from_scontrol(info: JobInfo, rec: Mapping[str, str]) -> None:
     _fill(info, "array_job_id", _known(rec.get("ArrayJobId")))
     _fill(info, "array_task_id", _known(rec.get("ArrayTaskId")))
     _fill(info, "nnodes", _to_int(rec.get("NumNodes")))
-    _fill(info, "ntasks", _to_int(rec.get("NumTasks")))
+    # the job's task count: SLURM_NTASKS in a rank's environment is its step's (2 hydra proxies under mpiexec)
+    info.ntasks = _to_int(rec.get("NumTasks")) or info.ntasks
     _fill(info, "cpus_per_task", _to_int(rec.get("CPUs/Task")))
     _fill(info, "time_limit", _known(rec.get("TimeLimit")))
     _set_time_limit_seconds(info)
@@ -512,7 +529,11 @@ def _from_scontrol(info: JobInfo, rec: Mapping[str, str]) -> None:
     info.exit_code = _known(rec.get("ExitCode")) or info.exit_code
     info.elapsed = _known(rec.get("RunTime")) or info.elapsed
     info.start = _timestamp(rec.get("StartTime")) or info.start
-    info.end = _timestamp(rec.get("EndTime")) or info.end
+    if info.state in NOT_ENDED_STATES:  # EndTime is when the time limit would end the job
+        if _known(rec.get("EndTime")):
+            info.extra["time_limit_end"] = _timestamp(rec.get("EndTime"))
+    else:
+        info.end = _timestamp(rec.get("EndTime")) or info.end
     info.restart_count = max(info.restart_count, _to_int(rec.get("Restarts")) or 0)
     _set_nodes(info, rec.get("NodeList"))
     tres = _known(rec.get("TRES"))
@@ -567,7 +588,11 @@ def _from_sacct(info: JobInfo, parsed: Mapping[str, Any]) -> None:
     if _known(job.get("DerivedExitCode")):
         info.extra["derived_exit_code"] = job["DerivedExitCode"]
     steps = {
-        step: {k.lower(): v for k, v in rec.items() if k in _STEP_FIELDS and _known(v) is not None}
+        step: {
+            k.lower(): _timestamp(v) if k in ("Start", "End") else v
+            for k, v in rec.items()
+            if k in _STEP_FIELDS and _known(v) is not None
+        }
         for step, rec in parsed["steps"].items()
     }
     if steps:

@@ -78,7 +78,9 @@ class Accounting:
         self.db_socket = folder / "mysqld.sock"
         self.db_pid = folder / "mysqld.pid"
         self.db_log = folder / "mysqld.log"
-        self.dbd_conf = etc / "slurmdbd.conf"  # slurmdbd reads it beside $SLURM_CONF (it has no option for it)
+        self.dbd_conf = (
+            etc / "slurmdbd.conf"
+        )  # slurmdbd reads it beside $SLURM_CONF (it has no option for it)
         self.dbd_pid = folder / "slurmdbd.pid"
         self.dbd_log = folder / "slurmdbd.log"
         self.port_file = folder / "ports"

@@ -411,6 +411,19 @@ class SlurmCluster:
             state = self.show_job(job_id).get("JobState", "")
         return state
 
+    def cancel_all(self, timeout: float = 30.0) -> list[str]:
+        """Cancel every job still queued or running and wait until the queue is empty; return their ids."""
+        proc = self._run(["squeue", "-h", "-o", "%i"], check=False, timeout=5)
+        jobs = proc.stdout.split()
+        if jobs:
+            self._run(["scancel", *jobs], check=False, timeout=10)
+        deadline = time.monotonic() + timeout
+        while jobs and time.monotonic() < deadline:
+            if not self._run(["squeue", "-h", "-o", "%i"], check=False, timeout=5).stdout.strip():
+                break
+            time.sleep(0.2)
+        return jobs
+
     # -- stop --------------------------------------------------------------------------------------------------
     def stop(self, timeout: float = 10.0) -> None:
         """Cancel jobs, `scontrol shutdown`, stop munged; kill what is left. Never raises."""

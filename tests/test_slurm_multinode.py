@@ -31,8 +31,11 @@ NODES = ["node01", "node02"]  # the scheduler fills the lowest-numbered idle nod
 
 @pytest.fixture(autouse=True)
 def _slurm_conf(multinode_cluster: MultiNodeCluster, monkeypatch):
-    """conftest strips SLURM_* in every test: give the merge's scontrol/sacct queries this cluster."""
+    """conftest strips SLURM_* in every test: give the merge's scontrol/sacct queries this cluster. Jobs a
+    failed test left behind are cancelled, so that they do not hold the nodes of the next test."""
     monkeypatch.setenv("SLURM_CONF", str(multinode_cluster.conf))
+    yield
+    multinode_cluster.cancel_all()
 
 
 def render(folder: Path, *, command: list[str], name: str, **options) -> str:
@@ -314,3 +317,186 @@ def test_in_job_end_of_job_equals_a_post_job_merge(multinode_cluster, mpiexec_jo
     assert steps["0"]["jobname"] == "hydra_pmi_proxy" and steps["0"]["ntasks"] == "2"  # one proxy per node
     (job,) = activities(post_graph, "prov4ml:Job")  # the job's 4 tasks, not the step's 2 proxies
     assert (value(job["prov4ml:ntasks"]), value(job["prov4ml:nodes"])) == ("4", "node01,node02")
+
+
+# ---- (c) PyTorch DDP over gloo across 2 nodes, recorded by the launcher -------------------------------------
+DDP_TRAIN = """
+import os
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+import prov4ml_hpc as p4
+
+# the multi-node template exported MASTER_ADDR (first node of the allocation) and MASTER_PORT
+dist.init_process_group("gloo", rank=int(os.environ["SLURM_PROCID"]), world_size=int(os.environ["SLURM_NTASKS"]))
+rank = dist.get_rank()
+torch.manual_seed(1234 + rank)  # every rank its own data; DDP keeps the weights equal
+model = DDP(torch.nn.Linear(8, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.05)
+for step in range(20):
+    x = torch.randn(16, 8)
+    loss = torch.nn.functional.mse_loss(model(x), x.sum(1, keepdim=True))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    p4.log_metric("loss", loss.item(), step=step)
+checksum = sum(float(p.detach().double().sum()) for p in model.parameters())
+p4.log_metric("weights_checksum", checksum, step=20)
+p4.log_param("master_addr", os.environ["MASTER_ADDR"])
+dist.destroy_process_group()
+print("ddp", rank, os.uname().nodename, repr(checksum), flush=True)
+"""
+
+
+def test_pytorch_ddp_gloo_across_two_nodes(multinode_cluster, tmp_path):
+    pytest.importorskip(
+        "torch", reason="torch is not installed (scripts/test.sh installs requirements-ml.txt)"
+    )
+    (tmp_path / "ddp.py").write_text(DDP_TRAIN)
+    script = render(tmp_path, command=[PY, str(tmp_path / "ddp.py")], name="p4-mn-ddp")
+    job_id = multinode_cluster.submit(script, cwd=tmp_path)
+    state = multinode_cluster.wait(job_id, timeout=150)
+    assert state == "COMPLETED", (multinode_cluster.show_job(job_id), output(tmp_path, job_id))
+    (path,) = runs(tmp_path)
+    files = [p4.read_rank_file(f) for f in rank_files(path)]
+    assert [(rf.global_rank, rf.attrs["node"], rf.status) for rf in files] == [
+        (r, NODES[r // 2], schema.STATUS_COMPLETED) for r in range(4)
+    ]
+    assert {rf.params["master_addr"] for rf in files} == {"node01"}
+    losses = [tuple(rf.values("loss")["value"].tolist()) for rf in files]
+    assert [len(x) for x in losses] == [20] * 4 and len(set(losses)) == 4  # different data on every rank
+    checksums = {float(rf.values("weights_checksum")["value"][0]) for rf in files}
+    assert len(checksums) == 1  # gradients were averaged across both nodes: identical weights everywhere
+    merged = merge_cli(multinode_cluster, path)
+    assert merged.returncode == 0, merged.stderr
+
+
+# ---- (d) Lightning DDP across 2 nodes under srun, SLURM auto-requeue on SIGUSR1 ----------------------------
+LIGHTNING_TRAIN = """
+import os, sys, time
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+import lightning as L
+import prov4ml_hpc as p4
+from prov4ml_hpc.integrations.lightning import Prov4mlHpcLogger
+
+ATTEMPT = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+
+class Tiny(L.LightningModule):
+    def __init__(self, lr=0.05):
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer = torch.nn.Linear(8, 1)
+
+    def training_step(self, batch, i):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.layer(x), y)
+        self.log("train_loss", loss)
+        if ATTEMPT == 0 and i == 2:
+            # Wait here for SIGUSR1, in Python: Lightning's handler runs a collective (the checkpoint's barrier),
+            # so every rank must run it; a rank blocked in DDP's gradient all-reduce (C++) could not, and the
+            # job would hang. Our logger's run ends in the handler (finalize): then go on.
+            deadline = time.monotonic() + 60
+            while p4.active_run() is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+g = torch.Generator().manual_seed(0)
+data = TensorDataset(torch.randn(256, 8, generator=g), torch.randn(256, 1, generator=g))
+logger = Prov4mlHpcLogger("lit", run_dir=sys.argv[1], start_run_kwargs={"system_metrics": False, "flush_interval": 0.2})
+trainer = L.Trainer(
+    strategy="ddp", num_nodes=2, devices=2, accelerator="cpu", max_epochs=4, logger=logger,
+    default_root_dir=sys.argv[2], log_every_n_steps=1, enable_progress_bar=False,
+    enable_model_summary=False, enable_checkpointing=False,
+)
+trainer.fit(Tiny(), DataLoader(data, batch_size=8))
+print("fit done", ATTEMPT, trainer.global_rank, os.uname().nodename, trainer.global_step, flush=True)
+"""
+
+
+def _logged_steps(path: Path, steps: int) -> bool:
+    files = rank_files(path)
+    if len(files) != 4:
+        return False
+    try:
+        return all(len(p4.read_rank_file(f).values("train_loss")) >= steps for f in files)
+    except KeyError:  # no train_loss series yet
+        return False
+
+
+TOTAL_STEPS = 4 * 256 // (8 * 4)  # max_epochs x batches per rank and epoch (DistributedSampler over 4 ranks)
+
+
+def test_lightning_ddp_two_nodes_auto_requeue(multinode_cluster, tmp_path):
+    pytest.importorskip("lightning", reason="lightning is not installed (pip install -r requirements-ml.txt)")
+    cluster = multinode_cluster
+    (tmp_path / "lit.py").write_text(LIGHTNING_TRAIN)
+    (tmp_path / "ckpt").mkdir()
+    script = f"""#!/bin/bash
+#SBATCH -J p4-mn-lightning
+#SBATCH -N 2
+#SBATCH --ntasks-per-node=2
+#SBATCH -t 5
+#SBATCH --requeue
+#SBATCH -o {tmp_path}/out-%j.txt
+#SBATCH --open-mode=append
+srun {PY} {tmp_path}/lit.py {tmp_path}/runs {tmp_path}/ckpt
+"""
+    job_id = cluster.submit(script, cwd=tmp_path)
+    path = tmp_path / "runs" / "lit" / f"slurm-{job_id}"
+    deadline = time.monotonic() + 120
+    while not _logged_steps(path, 2) and time.monotonic() < deadline:
+        time.sleep(0.3)  # every rank's logger flushed steps 0 and 1: all wait in batch 2 for the signal
+    assert _logged_steps(path, 2), (cluster.show_job(job_id), output(tmp_path, job_id))
+    # SIGUSR1 to every task of the job: what `#SBATCH --signal=USR1@N` sends N seconds before the time limit
+    cluster._run(["scancel", "--signal=USR1", job_id])
+    deadline = time.monotonic() + 60
+    while cluster.show_job(job_id).get("Restarts") != "1" and time.monotonic() < deadline:
+        time.sleep(0.3)  # rank 0's handler saves the checkpoint, then runs `scontrol requeue`
+    job = cluster.show_job(job_id)
+    assert job.get("Restarts") == "1", (job, output(tmp_path, job_id))
+    while cluster.show_job(job_id).get("JobState") != "PENDING" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    time.sleep(2.0)  # not within the second the old credential was revoked (see test_slurm_tier)
+    cluster._run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])  # skip SLURM's requeue delay
+    state = cluster.wait(job_id, timeout=150)
+    out = output(tmp_path, job_id)
+    assert state == "COMPLETED", (cluster.show_job(job_id), out)
+    assert out.count("Handling auto-requeue signal: 10") == 1 and f"Requeued SLURM job: {job_id}" in out
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["hpc_ckpt_1.ckpt"]
+    import torch
+
+    saved_at = torch.load(tmp_path / "ckpt" / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"]
+    assert sorted(w.split()[2:] for w in out.splitlines() if w.startswith("fit done")) == [
+        ["1", str(r), NODES[r // 2], str(TOTAL_STEPS)] for r in range(4)
+    ]  # only the second attempt ended its fit, resumed from the checkpoint, on the same ranks and nodes
+    files = {os.path.basename(f): p4.read_rank_file(f) for f in rank_files(path)}
+    assert {name: rf.status for name, rf in files.items()} == {
+        **{f"rank-{r:05d}.h5": schema.STATUS_SIGNALLED for r in range(4)},
+        **{f"rank-{r:05d}.attempt-1.h5": schema.STATUS_COMPLETED for r in range(4)},
+    }
+    for name, rf in files.items():
+        assert (rf.attrs["node"], rf.attrs["local_rank"]) == (NODES[rf.global_rank // 2], rf.global_rank % 2)
+        assert rf.attrs["attempt"] == (1 if "attempt-1" in name else 0), name
+    for r in range(4):
+        first, second = files[f"rank-{r:05d}.h5"], files[f"rank-{r:05d}.attempt-1.h5"]
+        finalize = [
+            e["attrs"]["status"]
+            for e in first.records_of(schema.REC_EVENT)
+            if e["name"] == "lightning_finalize"
+        ]
+        assert finalize == ["finished"]  # Lightning's requeue handler, then our logger closed the attempt
+        assert first.attrs[schema.A_STATUS_REASON] == "Lightning SLURM auto-requeue (finalize)"
+        # every step trained before the checkpoint is in attempt 0; attempt 1 logs every remaining step (Lightning
+        # numbers them from saved_at + 1; the step in flight at the signal is trained again after the restart)
+        assert first.values("train_loss")["step"].tolist() == list(range(saved_at))
+        assert second.values("train_loss")["step"].tolist() == list(range(saved_at + 1, TOTAL_STEPS + 1))
+    merged = merge_cli(cluster, path)
+    assert merged.returncode == 0, merged.stderr
+    ranks = activities(graph(path), "RankProcess")
+    assert sorted((value(a["prov4ml:attempt"]), value(a["prov4ml:status"])) for a in ranks) == (
+        [("0", "signalled")] * 4 + [("1", "completed")] * 4
+    )

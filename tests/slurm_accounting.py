@@ -25,7 +25,7 @@ from pathlib import Path
 
 from slurmcluster import pid_alive
 
-REQUIRED_BINARIES = ("mariadbd", "mariadb-install-db", "mariadb-admin", "slurmdbd", "sacctmgr")
+REQUIRED_BINARIES = ("setsid", "mariadbd", "mariadb-install-db", "mariadb-admin", "slurmdbd", "sacctmgr")
 ACCOUNT = "prov4ml"
 
 
@@ -138,8 +138,11 @@ class Accounting:
             "mariadb-install-db",
             self.db_log,
         )
-        subprocess.Popen(
+        # setsid --fork: mariadbd does not daemonize, and a Popen of ours would outlive the test that made it
+        subprocess.run(
             [
+                self._exe("setsid"),
+                "--fork",
                 self._exe("mariadbd"),
                 "--no-defaults",
                 "--user=root",
@@ -158,7 +161,8 @@ class Accounting:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            timeout=10,
+            check=True,
         )
         self._wait(
             lambda: (

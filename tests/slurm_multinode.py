@@ -149,8 +149,11 @@ class MultiNodeCluster(SlurmCluster):
         """Start a lost node's slurmd again and return it to service."""
         if pid_alive(self.slurmd_pid_file(node)) is None:
             self.start_slurmd(node)
-        self._run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=False)
-        self.wait_idle(timeout, nodes=[node])
+        try:  # ReturnToService=2: a DOWN node that registers again is back at once
+            self.wait_idle(10.0, nodes=[node])
+        except RuntimeError:
+            self._run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=False)
+            self.wait_idle(timeout, nodes=[node])
 
     def on_node(self, node: str, args: Sequence[str]) -> list[str]:
         """Argv running `args` on `node` (its network namespace and hostname), for ad-hoc checks."""

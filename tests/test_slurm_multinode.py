@@ -500,3 +500,56 @@ srun {PY} {tmp_path}/lit.py {tmp_path}/runs {tmp_path}/ckpt
     assert sorted((value(a["prov4ml:attempt"]), value(a["prov4ml:status"])) for a in ranks) == (
         [("0", "signalled")] * 4 + [("1", "completed")] * 4
     )
+
+
+# ---- (e) a node lost mid-job ----------------------------------------------------------------------------
+def test_node_lost_mid_job_is_merged_as_partial_with_every_flushed_row(multinode_cluster, tmp_path):
+    from prov4ml_hpc.runfile import read_run_file
+
+    cluster = multinode_cluster
+    (tmp_path / "train.py").write_text(TRAIN)
+    script = render(
+        tmp_path, command=[PY, str(tmp_path / "train.py"), "100000", "0.01"], name="p4-mn-nodefail"
+    )
+    # --no-requeue: SLURM requeues a batch job whose node fails (JobRequeue=1), which would start a 2nd attempt
+    job_id = cluster.submit(
+        script, args=["--no-requeue"], env={"PROV4ML_HPC_FLUSH_INTERVAL": "0.2"}, cwd=tmp_path
+    )
+    path = tmp_path / "runs" / "experiment" / f"slurm-{job_id}"
+    wait_for_rows(path, 4, rows=50)
+    try:
+        killed = cluster.kill_node("node02")  # slurmd, slurmstepd and ranks 2 and 3, all SIGKILLed
+        assert len(killed) >= 4, killed
+        state = cluster.wait(job_id, timeout=90)  # slurmctld notices after SlurmdTimeout (~20-30 s here)
+    finally:
+        cluster.restart_node("node02")  # back to idle for the next tests
+    out = output(tmp_path, job_id)
+    assert state == "NODE_FAIL", (cluster.show_job(job_id), out)
+    assert "srun: error: Node failure on node02" in out
+    flushed = {rf.global_rank: rf for rf in (p4.read_rank_file(f) for f in rank_files(path))}
+    assert {r: rf.status for r, rf in flushed.items()} == {
+        0: schema.STATUS_CANCELLED,  # node01's ranks: SLURM ended the job's step with SIGTERM
+        1: schema.STATUS_CANCELLED,
+        2: schema.STATUS_RUNNING,  # node02's ranks: killed, their files never closed
+        3: schema.STATUS_RUNNING,
+    }
+    merged = merge_cli(cluster, path)
+    assert merged.returncode == 1, merged.stderr  # partial ranks
+    assert "2 cancelled, 2 partial" in merged.stdout
+    run = read_run_file(path / schema.RUN_FILE)
+    assert {stem: r["status"] for stem, r in run.ranks.items()} == {
+        "rank-00000": "cancelled",
+        "rank-00001": "cancelled",
+        "rank-00002": "partial",
+        "rank-00003": "partial",
+    }
+    for rank, rf in flushed.items():
+        assert run.ranks[f"rank-{rank:05d}"]["rows"] == rf.nrows, rank  # every flushed row, not one more
+        merged_loss, own = run.values("loss", global_rank=rank), rf.values("loss")
+        for field in ("step", "value", "time"):  # bit for bit
+            assert merged_loss[field].tobytes() == own[field].tobytes(), (rank, field)
+    assert min(len(flushed[r].values("loss")) for r in (0, 1)) > max(
+        len(flushed[r].values("loss")) for r in (2, 3)
+    )
+    (job,) = activities(graph(path), "prov4ml:Job")
+    assert value(job["prov4ml:state"]) == "NODE_FAIL" and value(job["prov4ml:nodes"]) == "node01,node02"

@@ -24,7 +24,9 @@ from .errors import SlurmError
 from .record import JobInfo
 
 # Values SLURM prints for "not set".
-UNKNOWN_VALUES = frozenset({"", "(null)", "N/A", "n/a", "Unknown", "unknown", "None", "(none)", "NONE"})
+UNKNOWN_VALUES = frozenset(
+    {"", "(null)", "N/A", "n/a", "Unknown", "unknown", "None", "(none)", "NONE", "None assigned"}
+)  # "None assigned": sacct's NodeList of a pending job
 NO_TIME_LIMIT = frozenset({"UNLIMITED", "INFINITE", "Partition_Limit", "NOT_SET", "N/A", "NONE", ""})
 # Job states in which scontrol's EndTime is only the time limit's end (a projection), not when the job ended.
 NOT_ENDED_STATES = frozenset(
@@ -309,6 +311,34 @@ def parse_time_limit(value: str) -> int | None:
     return (nums[0] * 60 + nums[1]) * 60 + nums[2]
 
 
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
+
+
+def parse_size(value: str) -> int | None:
+    """Parse a SLURM memory size (sacct's MaxRSS ``62336K``, ``1.50G``; ``--mem`` values) into bytes.
+
+    SLURM's units are powers of 1024; a number without a unit is bytes, as sacct prints them.
+
+    Args:
+        value: the size as SLURM prints it; ``""`` (a step that measured nothing) gives None.
+
+    Returns:
+        Bytes (rounded down), or None for an empty or unknown value.
+
+    Raises:
+        SlurmError: a malformed size.
+    """
+    text = value.strip()
+    if text in UNKNOWN_VALUES:
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGTP]?)[Bb]?", text, re.IGNORECASE)
+    if match is None:
+        raise SlurmError(
+            f"invalid SLURM size {value!r}; expected a number with an optional K, M, G, T or P unit"
+        )
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+
+
 # -- scontrol / sacct outputs ----------------------------------------------------------------------------------
 def _parse_fields(line: str, record: dict[str, str]) -> None:
     key: str | None = None
@@ -389,7 +419,8 @@ def parse_sacct(text: str, fields: Sequence[str] = SACCT_FIELDS) -> dict[str, An
 
     Args:
         text: the command's standard output, ``|``-separated; a header line (no ``-n``) is recognised.
-        fields: the names given to ``-o``, in order.
+        fields: the names given to ``-o``, in order.  A job name holding ``|`` (sacct does not escape it) is put
+            back together, as long as JobName is the only field with free text.
 
     Returns:
         ``{"job": {field: value}, "steps": {"batch": {...}, "0": {...}}, "jobs": [...]}``: ``job`` is the first
@@ -408,6 +439,10 @@ def parse_sacct(text: str, fields: Sequence[str] = SACCT_FIELDS) -> dict[str, An
         values = line.split("|")
         if len(values) == len(names) + 1 and values[-1] == "":
             values = values[:-1]  # `-p` style trailing separator
+        if len(values) > len(names) and "JobName" in names:
+            # sacct prints a job name as it is: `sbatch -J 'exp|lr=0.1'` adds separators (only JobName is free text)
+            at, surplus = names.index("JobName"), len(values) - len(names)
+            values = [*values[:at], "|".join(values[at : at + surplus + 1]), *values[at + surplus + 1 :]]
         if len(values) != len(names):
             raise SlurmError(
                 f"sacct line has {len(values)} fields, expected {len(names)} ({','.join(names)}): "
@@ -566,12 +601,16 @@ def _from_sacct(info: JobInfo, parsed: Mapping[str, Any]) -> None:
     # The jobcomp file keeps one line per end of a job: a requeued job (or a reused id) has several; the last wins.
     job = [rec for rec in parsed["jobs"] if rec.get("JobID") == parsed["job"].get("JobID")][-1]
     state = _known(job.get("State"))
-    if state:
+    ended = state is not None and state.split(" ", 1)[0] not in NOT_ENDED_STATES
+    # Accounting lags behind slurmctld: while the job is not over, sacct may still say PENDING when scontrol
+    # already says RUNNING; scontrol's word stands then.  The final outcome comes from sacct.
+    if state and (ended or info.state is None):
         info.state = state.split(" ", 1)[0]  # "CANCELLED by 0"
         if " " in state:
             info.extra["state_detail"] = state
-    info.exit_code = _known(job.get("ExitCode")) or info.exit_code
-    info.elapsed = _known(job.get("Elapsed")) or info.elapsed
+    if ended or info.exit_code is None:
+        info.exit_code = _known(job.get("ExitCode")) or info.exit_code
+        info.elapsed = _known(job.get("Elapsed")) or info.elapsed
     info.start = _timestamp(job.get("Start")) or info.start
     info.end = _timestamp(job.get("End")) or info.end
     _fill(info, "name", _known(job.get("JobName")))
@@ -595,6 +634,10 @@ def _from_sacct(info: JobInfo, parsed: Mapping[str, Any]) -> None:
         }
         for step, rec in parsed["steps"].items()
     }
+    for step in steps.values():
+        if "maxrss" in step:
+            with contextlib.suppress(SlurmError):
+                step["maxrss_bytes"] = parse_size(step["maxrss"])
     if steps:
         info.extra["steps"] = steps
 

@@ -5,9 +5,13 @@ with its own address (a veth pair into the bridge) and, for what runs in it, its
 namespace ``p4<tag>-<node>`` whose ``eth0`` has ``10.A.B.(11+i)``; only that bridge connects them, so traffic
 stays inside the namespaces and the bridge (nothing is routed out).  `exec_prefix(node)` is the command prefix
 that runs a program in the node's network namespace, a new UTS namespace whose hostname is the node's name and
-a new mount namespace in which the cluster's hosts file is bind-mounted over /etc/hosts (`nsenter --net=...
-unshare --uts --mount sh -c 'hostname NODE; mount --bind HOSTS /etc/hosts; exec "$@"'`): that is how every
-node resolves every node's name (gloo, Lightning, MPICH's hydra resolve the hostname and MASTER_ADDR).
+a new mount namespace in which the cluster's hosts file is bind-mounted over /etc/hosts and /dev/shm is a
+node-local tmpfs (`nsenter --net=... unshare --uts --mount sh -c 'hostname NODE; mount --bind HOSTS /etc/hosts;
+mount -t tmpfs tmpfs /dev/shm; exec "$@"'`).  The hosts file is how every node resolves every node's name
+(gloo, Lightning, MPICH's hydra resolve the hostname and MASTER_ADDR).  The private /dev/shm is what a real node
+has: MPICH names its shared-memory segment after the PMI job id (``mpich_shm_<hash of "1.0">_<node>``), so
+ranks of job 1.0 of two test clusters on one machine (their job ids both start at 1) would attach to one
+segment and hang in MPI_Init.
 Not `ip netns exec`: it remounts /sys, which hides /sys/fs/cgroup, and slurmd 22.05 then refuses to start
 ("No filesystem mounted on /sys/fs/cgroup").  `destroy()` kills every process left in the namespaces, then
 removes namespaces, veths and bridge; it never raises and also cleans what a killed session left behind
@@ -145,7 +149,8 @@ class NodeNetwork:
             "--",
             "/bin/sh",
             "-c",
-            'hostname "$0" && mount --bind "$1" /etc/hosts && shift && exec "$@"',
+            'hostname "$0" && mount --bind "$1" /etc/hosts && mount -t tmpfs -o mode=1777 tmpfs /dev/shm '
+            '&& shift && exec "$@"',
             node,
             str(self.hosts_file),
         ]

@@ -230,7 +230,23 @@ class SlurmCluster:
         """Daemons slurmctld needs besides munged (none here; accounting in the multi-node cluster)."""
 
     def _start_slurmds(self, timeout: float) -> None:
-        slurmd = self._run(["slurmd"], check=False, timeout=timeout)
+        # slurmd (and so every job) in its own mount namespace with a private /dev/shm, as on a real node: MPICH
+        # names its shared-memory segment after the PMI job id, and test clusters of others on this machine
+        # also run a job 1.0; their ranks would attach to one segment and hang in MPI_Init
+        slurmd = self._run(
+            [
+                find_binary("unshare") or "unshare",
+                "--mount",
+                "--propagation=slave",
+                "--",
+                "/bin/sh",
+                "-c",
+                'mount -t tmpfs -o mode=1777 tmpfs /dev/shm && exec "$0"',
+                find_binary("slurmd") or "slurmd",
+            ],
+            check=False,
+            timeout=timeout,
+        )
         if slurmd.returncode != 0:
             raise RuntimeError(
                 f"slurmd failed ({slurmd.returncode}): {slurmd.stderr}\n{_tail(self.log_dir / 'slurmd.log')}"

@@ -553,3 +553,51 @@ def test_node_lost_mid_job_is_merged_as_partial_with_every_flushed_row(multinode
     )
     (job,) = activities(graph(path), "prov4ml:Job")
     assert value(job["prov4ml:state"]) == "NODE_FAIL" and value(job["prov4ml:nodes"]) == "node01,node02"
+
+
+# ---- a rank that fails in a job without MPI: the others end (no MPI_Init at end_run) -----------------------
+FAILING = """
+import os
+import prov4ml_hpc as p4
+for i in range(20):
+    p4.log_metric("loss", float(i), step=i)
+if os.environ["SLURM_PROCID"] == "3":
+    raise ValueError("rank 3 fails")
+print("done", os.environ["SLURM_PROCID"], flush=True)
+"""
+
+
+def test_a_failed_rank_does_not_hang_the_others_without_kill_on_bad_exit(multinode_cluster, tmp_path):
+    cluster = multinode_cluster
+    (tmp_path / "fail.py").write_text(FAILING)
+    # plain srun, as in docs/slurm.md: without --kill-on-bad-exit nothing ends the other ranks for them
+    script = f"""#!/bin/bash
+#SBATCH -J p4-mn-fail
+#SBATCH -N 2
+#SBATCH --ntasks-per-node=2
+#SBATCH -t 5
+#SBATCH -o {tmp_path}/out-%j.txt
+export PROV4ML_HPC_RUN_DIR={tmp_path}/runs PROV4ML_HPC_GATHER_TIMEOUT=10
+srun {PY} -m prov4ml_hpc.run {tmp_path}/fail.py
+"""
+    job_id = cluster.submit(script, cwd=tmp_path)
+    state = cluster.wait(job_id, timeout=90)  # it hung until the time limit when end_run imported mpi4py.MPI
+    out = output(tmp_path, job_id)
+    assert state == "FAILED", (cluster.show_job(job_id), out)
+    assert sorted(line for line in out.splitlines() if line.startswith("done")) == [
+        "done 0",
+        "done 1",
+        "done 2",
+    ]
+    (path,) = runs(tmp_path)
+    assert {rf.global_rank: rf.status for rf in map(p4.read_rank_file, rank_files(path))} == {
+        0: schema.STATUS_COMPLETED,
+        1: schema.STATUS_COMPLETED,
+        2: schema.STATUS_COMPLETED,
+        3: schema.STATUS_FAILED,
+    }
+    assert not (
+        path / schema.RUN_FILE
+    ).exists()  # no in-job gather without MPI: the merge is for after the job
+    merged = merge_cli(cluster, path)
+    assert merged.returncode == 0, merged.stderr

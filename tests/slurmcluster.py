@@ -442,46 +442,64 @@ class SlurmCluster:
 
     # -- stop --------------------------------------------------------------------------------------------------
     def stop(self, timeout: float = 10.0) -> None:
-        """Cancel jobs, `scontrol shutdown`, stop munged; kill what is left. Never raises."""
+        """Cancel jobs, `scontrol shutdown`, stop munged; kill what is left. Never raises.
+
+        The daemons' pids are read before the shutdown: a slurmd removes its pid file as soon as it starts
+        shutting down, and one waiting for a hung job step then lingers (it ignores SIGTERM): it gets SIGKILL.
+        """
         pid_files = self._pid_files()
-        if self.conf.exists() and any(pid_alive(p) for p in pid_files):
+        pids = [pid for pid in (pid_alive(p) for p in pid_files) if pid is not None]
+        if self.conf.exists() and pids:
             for args in (["scancel", "--full", "--partition=debug"], ["scontrol", "shutdown"]):
                 with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                     self._run(args, check=False, timeout=5)
-            self._wait_gone(pid_files, timeout)
-        for pid_file in pid_files:
-            self._kill(pid_file)
-        munge_pid = self.munge_run / "munged.pid"
-        if pid_alive(munge_pid):
+            self._wait_gone(pids, timeout)
+        self._kill(pids)
+        self._kill(self._leftover_daemons())  # of an earlier session whose pid files are gone
+        munge = [pid for pid in [pid_alive(self.munge_run / "munged.pid")] if pid is not None]
+        if munge:
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                 self._run(["munged", "-s", f"--socket={self.socket}"], check=False, timeout=5)
-            self._wait_gone([munge_pid], 3.0)
-            self._kill(munge_pid)
+            self._wait_gone(munge, 3.0)
+            self._kill(munge)
         self._stop_services()
 
     def _stop_services(self) -> None:
         """Stop what _start_services started, and what a crashed session left (never raises)."""
 
-    @staticmethod
-    def _wait_gone(pid_files: Sequence[Path], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(pid_alive(p) for p in pid_files):
-            time.sleep(0.1)
+    def _leftover_daemons(self) -> list[int]:
+        """SLURM daemons started for this folder (SLURM_CONF in their environment names it) that still run."""
+        wanted = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                comm = Path(f"/proc/{entry}/comm").read_text().strip()
+                if comm not in ("slurmctld", "slurmd", "slurmstepd"):
+                    continue
+                environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if wanted in environ and process_alive(int(entry)):
+                found.append(int(entry))
+        return found
 
     @staticmethod
-    def _kill(pid_file: Path) -> None:
-        pid = pid_alive(pid_file)
-        if pid is None:
-            return
+    def _wait_gone(pids: Sequence[int], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(process_alive(pid) for pid in pids):
+            time.sleep(0.1)
+
+    @classmethod
+    def _kill(cls, pids: Sequence[int]) -> None:
+        """SIGTERM what is still alive of `pids`, then SIGKILL what survives 3 s."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                return
-            for _ in range(30):
-                if pid_alive(pid_file) is None:
-                    return
-                time.sleep(0.1)
+            alive = [pid for pid in pids if process_alive(pid)]
+            for pid in alive:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, sig)
+            cls._wait_gone(alive, 3.0)
 
     def __enter__(self) -> SlurmCluster:
         return self.start()

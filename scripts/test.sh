@@ -3,7 +3,8 @@
 #   bash scripts/test.sh              # all tiers (unit, mpi, slurm; gpu is skipped without a GPU)
 #   bash scripts/test.sh -m "not slurm" -x    # any pytest arguments
 # Python packages come from PyPI (the `test` extra, requirements-ml.txt); Debian packages (slurm-wlm, munge,
-# graphviz, chromium) are installed with apt when running as root and missing. Daemons are started by the tests.
+# slurmdbd, mariadb-server, iproute2, graphviz, chromium) are installed with apt when running as root and
+# missing (apt starts no daemon on CI images). Daemons, namespaces and the bridge are made by the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -19,7 +20,13 @@ fi
 
 echo "== debian packages" >&2
 need=()
-command -v slurmctld >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v slurmctld >/dev/null 2>&1 || need+=(slurmctld slurmd slurm-client munge)
+have() { command -v "$1" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$1" >/dev/null 2>&1; }
+have slurmctld || need+=(slurmctld slurmd slurm-client munge)
+# the multi-node SLURM tier: network namespaces + a bridge (iproute2, util-linux), accounting (slurmdbd, MariaDB)
+have ip || need+=(iproute2)
+have nsenter || need+=(util-linux)
+have slurmdbd || need+=(slurmdbd)
+have mariadbd || need+=(mariadb-server)
 command -v dot >/dev/null 2>&1 || need+=(graphviz)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then

@@ -14,7 +14,7 @@ LAUNCHER_PREFIXES = ("SLURM_", "PMI_", "PMIX_", "OMPI_", "MPI_LOCALRANKID", "TOR
 LAUNCHER_NAMES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURMD_NODENAME")
 
 try:  # the real-SLURM tier's fixture (tests/slurm_fixtures.py)
-    from slurm_fixtures import slurm_cluster  # noqa: F401
+    from slurm_fixtures import multinode_cluster, slurm_cluster  # noqa: F401
 except ImportError:  # pragma: no cover
     pass
 

@@ -84,13 +84,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pid_alive(pid_file: Path) -> int | None:
+def process_alive(pid: int) -> bool:
+    """True for a running process; False for none and for a zombie (PID 1 of this VM does not reap orphans)."""
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def pid_alive(pid_file: Path) -> int | None:
+    """The pid in `pid_file` when that process is alive, else None."""
     try:
         pid = int(pid_file.read_text().split()[0])
-        os.kill(pid, 0)
     except (OSError, ValueError, IndexError):
         return None
-    return pid
+    return pid if process_alive(pid) else None
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -162,11 +172,8 @@ class SlurmCluster:
         """True when this folder's daemons are alive and slurmctld answers."""
         if not self.conf.exists():
             return False
-        pids = [
-            _pid_alive(self.munge_run / "munged.pid"),
-            _pid_alive(self.base / "run" / "slurmctld.pid"),
-            _pid_alive(self.base / "run" / "slurmd.pid"),
-        ]
+        pid_files = [self.munge_run / "munged.pid", *self._pid_files(), *self._service_pid_files()]
+        pids = [pid_alive(p) for p in pid_files]
         if not all(pids):
             return False
         try:
@@ -175,15 +182,15 @@ class SlurmCluster:
             return False
 
     def start(self, timeout: float = 30.0) -> SlurmCluster:
-        """Start (or reuse) the cluster and wait until its node is idle.
+        """Start (or reuse) the cluster and wait until its nodes are idle.
 
         Raises:
             RuntimeError: a binary is missing or a daemon did not come up (the message holds its log's tail).
         """
-        missing = missing_binaries()
+        missing = self.missing_binaries()
         if missing:
             raise RuntimeError(
-                f"SLURM binaries missing: {', '.join(missing)}; run .ci/install-slurm.sh as root"
+                f"binaries missing: {', '.join(missing)}; run scripts/test.sh (or .ci/install-slurm.sh) as root"
             )
         if self.is_running():
             self.wait_idle(timeout)
@@ -191,19 +198,59 @@ class SlurmCluster:
         self.stop()  # leftovers of a crashed run (half-dead daemons) go first
         self._prepare()
         self._start_munge()
+        self._start_services(timeout)
         ctld = self._run(["slurmctld", "-c", "-i"], check=False, timeout=timeout)
         if ctld.returncode != 0:
             raise RuntimeError(
                 f"slurmctld failed ({ctld.returncode}): {ctld.stderr}\n"
                 f"{_tail(self.log_dir / 'slurmctld.log')}"
             )
-        slurmd = self._run(["slurmd"], check=False, timeout=timeout)
+        self._start_slurmds(timeout)
+        self.wait_idle(timeout)
+        return self
+
+    def missing_binaries(self) -> list[str]:
+        """The binaries this cluster needs that are not installed."""
+        return missing_binaries()
+
+    @property
+    def node_names(self) -> list[str]:
+        """The SLURM node names of this cluster (here: the one node, named like this host)."""
+        return [self.host]
+
+    def _pid_files(self) -> list[Path]:
+        """The pid files of the SLURM daemons (munged apart)."""
+        return [self.base / "run" / "slurmctld.pid", self.base / "run" / "slurmd.pid"]
+
+    def _service_pid_files(self) -> list[Path]:
+        """The pid files of the daemons _start_services starts."""
+        return []
+
+    def _start_services(self, timeout: float) -> None:
+        """Daemons slurmctld needs besides munged (none here; accounting in the multi-node cluster)."""
+
+    def _start_slurmds(self, timeout: float) -> None:
+        # slurmd (and so every job) in its own mount namespace with a private /dev/shm, as on a real node: MPICH
+        # names its shared-memory segment after the PMI job id, and test clusters of others on this machine
+        # also run a job 1.0; their ranks would attach to one segment and hang in MPI_Init
+        slurmd = self._run(
+            [
+                find_binary("unshare") or "unshare",
+                "--mount",
+                "--propagation=slave",
+                "--",
+                "/bin/sh",
+                "-c",
+                'mount -t tmpfs -o mode=1777 tmpfs /dev/shm && exec "$0"',
+                find_binary("slurmd") or "slurmd",
+            ],
+            check=False,
+            timeout=timeout,
+        )
         if slurmd.returncode != 0:
             raise RuntimeError(
                 f"slurmd failed ({slurmd.returncode}): {slurmd.stderr}\n{_tail(self.log_dir / 'slurmd.log')}"
             )
-        self.wait_idle(timeout)
-        return self
 
     def _prepare(self) -> None:
         for sub in ("state", "spool", "run"):
@@ -231,48 +278,65 @@ class SlurmCluster:
     def slurm_conf(self, ctld_port: int, slurmd_port: int) -> str:
         """The slurm.conf text for this folder (see docs in tests/slurmcluster.py's module docstring)."""
         b = self.base
-        return "\n".join(
-            [
-                "ClusterName=prov4ml",
-                f"SlurmctldHost={self.host}(127.0.0.1)",
-                f"SlurmctldPort={ctld_port}",
-                f"SlurmdPort={slurmd_port}",
-                "SlurmUser=root",
-                "SlurmdUser=root",
-                "AuthType=auth/munge",
-                "CredType=cred/munge",
-                f"AuthInfo=socket={self.socket}",
-                f"StateSaveLocation={b / 'state'}",
-                f"SlurmdSpoolDir={b / 'spool'}",
-                f"SlurmctldPidFile={b / 'run' / 'slurmctld.pid'}",
-                f"SlurmdPidFile={b / 'run' / 'slurmd.pid'}",
-                f"SlurmctldLogFile={self.log_dir / 'slurmctld.log'}",
-                f"SlurmdLogFile={self.log_dir / 'slurmd.log'}",
-                "SlurmctldDebug=info",
-                "SlurmdDebug=info",
-                "ProctrackType=proctrack/linuxproc",
-                "TaskPlugin=task/none",
-                "JobAcctGatherType=jobacct_gather/none",
-                "SwitchType=switch/none",
-                "MpiDefault=pmi2",
-                "SelectType=select/cons_tres",
-                "SelectTypeParameters=CR_Core",
-                "ReturnToService=2",
-                "SlurmdParameters=config_overrides",
-                "AccountingStorageType=accounting_storage/none",
-                "JobCompType=jobcomp/filetxt",
-                f"JobCompLoc={self.jobcomp}",
-                "MinJobAge=3600",
-                "KillWait=5",
-                "InactiveLimit=0",
-                "SchedulerType=sched/backfill",
-                "SchedulerParameters=sched_interval=1",
-                "MessageTimeout=10",
-                f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN",
-                "PartitionName=debug Nodes=ALL Default=YES MaxTime=60 State=UP",
-                "",
-            ]
-        )
+        lines = [
+            "ClusterName=prov4ml",
+            f"SlurmctldHost={self.host}({self.ctld_addr})",
+            f"SlurmctldPort={ctld_port}",
+            f"SlurmdPort={slurmd_port}",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            f"AuthInfo=socket={self.socket}",
+            f"StateSaveLocation={b / 'state'}",
+            f"SlurmctldPidFile={b / 'run' / 'slurmctld.pid'}",
+            f"SlurmctldLogFile={self.log_dir / 'slurmctld.log'}",
+            "SlurmctldDebug=info",
+            "SlurmdDebug=info",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "SwitchType=switch/none",
+            "MpiDefault=pmi2",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core",
+            "ReturnToService=2",
+            "SlurmdParameters=config_overrides",
+            "JobCompType=jobcomp/filetxt",
+            f"JobCompLoc={self.jobcomp}",
+            "MinJobAge=3600",
+            "KillWait=5",
+            "InactiveLimit=0",
+            "SchedulerType=sched/backfill",
+            "SchedulerParameters=sched_interval=1",
+            "MessageTimeout=10",
+            *self._slurmd_lines(),
+            *self._accounting_lines(),
+            *self._node_lines(),
+            "PartitionName=debug Nodes=ALL Default=YES MaxTime=60 State=UP",
+            "",
+        ]
+        return "\n".join(lines)
+
+    @property
+    def ctld_addr(self) -> str:
+        """The address slurmctld is reached at (by slurmd and by client commands)."""
+        return "127.0.0.1"
+
+    def _slurmd_lines(self) -> list[str]:
+        b = self.base
+        return [
+            f"SlurmdSpoolDir={b / 'spool'}",
+            f"SlurmdPidFile={b / 'run' / 'slurmd.pid'}",
+            f"SlurmdLogFile={self.log_dir / 'slurmd.log'}",
+        ]
+
+    def _accounting_lines(self) -> list[str]:
+        return ["AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/none"]
+
+    def _node_lines(self) -> list[str]:
+        return [
+            f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN"
+        ]
 
     def _start_munge(self) -> None:
         args = [
@@ -290,20 +354,33 @@ class SlurmCluster:
                 f"munged failed ({proc.returncode}): {proc.stderr}\n{_tail(self.log_dir / 'munged.log')}"
             )
 
-    def wait_idle(self, timeout: float = 30.0) -> None:
-        """Poll `sinfo -h -o %T` until the node says idle (or mixed/allocated: it is up)."""
+    def node_states(self) -> dict[str, str]:
+        """`sinfo -N`: node name -> state (``idle``, ``down*``, ...); {} when slurmctld does not answer."""
+        proc = self._run(["sinfo", "-h", "-N", "-o", "%N %T"], check=False, timeout=5)
+        states: dict[str, str] = {}
+        for line in proc.stdout.splitlines():
+            name, _, state = line.strip().partition(" ")
+            if name:
+                states[name] = state.strip()
+        return states
+
+    def wait_idle(self, timeout: float = 30.0, nodes: Sequence[str] | None = None) -> None:
+        """Poll `sinfo` until every node (or those of `nodes`) is up: idle, or mixed/allocated."""
+        wanted = list(nodes) if nodes is not None else self.node_names
         deadline = time.monotonic() + timeout
-        state = ""
+        states: dict[str, str] = {}
         while time.monotonic() < deadline:
-            proc = self._run(["sinfo", "-h", "-o", "%T"], check=False, timeout=5)
-            state = proc.stdout.strip()
-            if state.rstrip("*~#") in ("idle", "mixed", "allocated"):
+            states = self.node_states()
+            if all(states.get(n, "").rstrip("*~#") in ("idle", "mixed", "allocated") for n in wanted):
                 return
             time.sleep(0.2)
         raise RuntimeError(
-            f"the SLURM node is not idle after {timeout:.0f} s (sinfo: {state!r})\n"
-            f"{_tail(self.log_dir / 'slurmctld.log')}\n{_tail(self.log_dir / 'slurmd.log')}"
+            f"SLURM nodes {wanted} are not idle after {timeout:.0f} s (sinfo: {states!r})\n"
+            f"{_tail(self.log_dir / 'slurmctld.log')}\n{self._slurmd_log_tails()}"
         )
+
+    def _slurmd_log_tails(self) -> str:
+        return _tail(self.log_dir / "slurmd.log")
 
     # -- jobs --------------------------------------------------------------------------------------------------
     def submit(
@@ -350,45 +427,79 @@ class SlurmCluster:
             state = self.show_job(job_id).get("JobState", "")
         return state
 
+    def cancel_all(self, timeout: float = 30.0) -> list[str]:
+        """Cancel every job still queued or running and wait until the queue is empty; return their ids."""
+        proc = self._run(["squeue", "-h", "-o", "%i"], check=False, timeout=5)
+        jobs = proc.stdout.split()
+        if jobs:
+            self._run(["scancel", *jobs], check=False, timeout=10)
+        deadline = time.monotonic() + timeout
+        while jobs and time.monotonic() < deadline:
+            if not self._run(["squeue", "-h", "-o", "%i"], check=False, timeout=5).stdout.strip():
+                break
+            time.sleep(0.2)
+        return jobs
+
     # -- stop --------------------------------------------------------------------------------------------------
     def stop(self, timeout: float = 10.0) -> None:
-        """Cancel jobs, `scontrol shutdown`, stop munged; kill what is left. Never raises."""
-        run = self.base / "run"
-        pid_files = [run / "slurmctld.pid", run / "slurmd.pid"]
-        if self.conf.exists() and any(_pid_alive(p) for p in pid_files):
+        """Cancel jobs, `scontrol shutdown`, stop munged; kill what is left. Never raises.
+
+        The daemons' pids are read before the shutdown: a slurmd removes its pid file as soon as it starts
+        shutting down, and one waiting for a hung job step then lingers (it ignores SIGTERM): it gets SIGKILL.
+        """
+        pid_files = self._pid_files()
+        pids = [pid for pid in (pid_alive(p) for p in pid_files) if pid is not None]
+        if self.conf.exists() and pids:
             for args in (["scancel", "--full", "--partition=debug"], ["scontrol", "shutdown"]):
                 with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                     self._run(args, check=False, timeout=5)
-            self._wait_gone(pid_files, timeout)
-        for pid_file in pid_files:
-            self._kill(pid_file)
-        munge_pid = self.munge_run / "munged.pid"
-        if _pid_alive(munge_pid):
+            self._wait_gone(pids, timeout)
+        self._kill(pids)
+        self._kill(self._leftover_daemons())  # of an earlier session whose pid files are gone
+        munge = [pid for pid in [pid_alive(self.munge_run / "munged.pid")] if pid is not None]
+        if munge:
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                 self._run(["munged", "-s", f"--socket={self.socket}"], check=False, timeout=5)
-            self._wait_gone([munge_pid], 3.0)
-            self._kill(munge_pid)
+            self._wait_gone(munge, 3.0)
+            self._kill(munge)
+        self._stop_services()
+
+    def _stop_services(self) -> None:
+        """Stop what _start_services started, and what a crashed session left (never raises)."""
+
+    def _leftover_daemons(self) -> list[int]:
+        """SLURM daemons started for this folder (SLURM_CONF in their environment names it) that still run."""
+        wanted = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                comm = Path(f"/proc/{entry}/comm").read_text().strip()
+                if comm not in ("slurmctld", "slurmd", "slurmstepd"):
+                    continue
+                environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if wanted in environ and process_alive(int(entry)):
+                found.append(int(entry))
+        return found
 
     @staticmethod
-    def _wait_gone(pid_files: Sequence[Path], timeout: float) -> None:
+    def _wait_gone(pids: Sequence[int], timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(_pid_alive(p) for p in pid_files):
+        while time.monotonic() < deadline and any(process_alive(pid) for pid in pids):
             time.sleep(0.1)
 
-    @staticmethod
-    def _kill(pid_file: Path) -> None:
-        pid = _pid_alive(pid_file)
-        if pid is None:
-            return
+    @classmethod
+    def _kill(cls, pids: Sequence[int]) -> None:
+        """SIGTERM what is still alive of `pids`, then SIGKILL what survives 3 s."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                return
-            for _ in range(30):
-                if _pid_alive(pid_file) is None:
-                    return
-                time.sleep(0.1)
+            alive = [pid for pid in pids if process_alive(pid)]
+            for pid in alive:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, sig)
+            cls._wait_gone(alive, 3.0)
 
     def __enter__(self) -> SlurmCluster:
         return self.start()

@@ -21,6 +21,7 @@ from prov4ml_hpc.job.slurm import (
     parse_sacct,
     parse_scontrol_job,
     parse_scontrol_jobs,
+    parse_size,
     parse_time_limit,
 )
 
@@ -433,3 +434,76 @@ def test_job_info_takes_the_last_jobcomp_record_of_a_requeued_job(tmp_path: Path
     assert info.sources == ["env", "sacct-jobcomp"]
     assert (info.state, info.elapsed) == ("COMPLETED", "00:02:00")
     assert info.end is not None and info.end.startswith("2026-01-01T10:07:00")
+
+
+# -- real accounting (slurmdbd), captured on the multi-node test cluster ------------------------------------------
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ("95472K", 95472 * 1024),
+        ("1.50G", 1610612736),
+        ("12M", 12 * 1024**2),
+        ("0", 0),
+        ("2048", 2048),
+        ("", None),
+    ],
+)
+def test_parse_size(size: str, expected: int | None) -> None:
+    assert parse_size(size) == expected
+
+
+def test_parse_size_rejects() -> None:
+    with pytest.raises(SlurmError, match="invalid SLURM size"):
+        parse_size("12 apples")
+
+
+def test_sacct_dbd_job_steps_and_a_pipe_in_the_job_name() -> None:
+    parsed = parse_sacct(read("sacct-dbd-steps.txt"))
+    job, steps = parsed["job"], parsed["steps"]
+    assert job["JobName"] == "p4 acct|job"  # sacct does not escape the separator
+    assert (job["State"], job["ExitCode"], job["DerivedExitCode"], job["NodeList"]) == (
+        "COMPLETED",
+        "0:0",
+        "3:0",
+        "node[01-02]",
+    )
+    assert job["MaxRSS"] == "" and job["NTasks"] == ""  # step fields
+    assert sorted(steps) == ["0", "1", "batch"]
+    assert parse_size(steps["0"]["MaxRSS"]) == 95472 * 1024 and steps["0"]["NTasks"] == "4"
+    assert (steps["1"]["State"], steps["1"]["ExitCode"]) == ("FAILED", "3:0")
+
+
+def test_sacct_dbd_cancelled_and_array() -> None:
+    cancelled = parse_sacct(read("sacct-dbd-cancelled.txt"))
+    assert cancelled["job"]["State"] == "CANCELLED by 0" and cancelled["steps"]["0"]["ExitCode"] == "0:15"
+    array = parse_sacct(read("sacct-dbd-array.txt"))
+    assert [j["JobID"] for j in array["jobs"]] == ["24_0", "24_1"]
+    assert sorted(array["steps"]) == ["0", "batch"]  # those of the first task
+
+
+LAGGING = """
+if args[:3] == ["show", "job", "-o"]:
+    sys.stdout.write(open(DATA + "/scontrol-show-job-o-running-multinode.txt").read())
+elif "-j" in args:
+    sys.stdout.write(open(DATA + "/sacct-dbd-running.txt").read())
+"""
+
+
+def test_job_info_of_a_running_job_whose_accounting_lags(tmp_path: Path) -> None:
+    # captured 2 s into a running 2-node job: scontrol says RUNNING; sacct's job line still says PENDING,
+    # JobName "allocation", NodeList node01 (slurmdbd made the record from a step record)
+    _fake_bin(tmp_path, "scontrol", LAGGING)
+    _fake_bin(tmp_path, "sacct", LAGGING)
+    snap = {"job_id": "27", "ntasks": "2"}  # SLURM_NTASKS of the step: 2 (hydra proxies under mpiexec)
+    info = job_info(snap, environ={"PATH": str(tmp_path)})
+    assert info.sources == ["env", "scontrol", "sacct"]
+    assert (info.state, info.name, info.ntasks) == ("RUNNING", "run 2", 4)
+    assert info.nodes == ["node01", "node02"]
+    assert info.end is None and info.extra["time_limit_end"].startswith("2026-12-01T23:45:58")
+    assert info.extra["steps"]["0"]["state"] == "RUNNING"
+
+
+def test_job_info_of_a_pending_job_from_sacct_alone(tmp_path: Path) -> None:
+    _fake_bin(tmp_path, "sacct", 'sys.stdout.write(open(DATA + "/sacct-dbd-pending.txt").read())')
+    info = job_info({"job_id": "26"}, environ={"PATH": str(tmp_path)})
+    assert (info.state, info.name, info.nodes, info.start, info.end) == ("PENDING", "later", [], None, None)

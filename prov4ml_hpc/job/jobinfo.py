@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import SlurmError
 from .slurm import (
     _STEP_FIELDS,
+    NOT_ENDED_STATES,
     SACCT_FIELDS,
     _known,
     _timestamp,
@@ -29,6 +30,7 @@ from .slurm import (
     expand_hostlist,
     parse_sacct,
     parse_scontrol_job,
+    parse_size,
     parse_time_limit,
 )
 
@@ -125,7 +127,8 @@ def _from_scontrol(info: JobInfo, rec: Mapping[str, str]) -> None:
     _fill(info, "array_job_id", _known(rec.get("ArrayJobId")))
     _fill(info, "array_task_id", _known(rec.get("ArrayTaskId")))
     _fill(info, "nnodes", _to_int(rec.get("NumNodes")))
-    _fill(info, "ntasks", _to_int(rec.get("NumTasks")))
+    # the job's task count: SLURM_NTASKS in a rank's environment is its step's (2 hydra proxies under mpiexec)
+    info.ntasks = _to_int(rec.get("NumTasks")) or info.ntasks
     _fill(info, "cpus_per_task", _to_int(rec.get("CPUs/Task")))
     _fill(info, "time_limit", _known(rec.get("TimeLimit")))
     _set_time_limit_seconds(info)
@@ -133,7 +136,11 @@ def _from_scontrol(info: JobInfo, rec: Mapping[str, str]) -> None:
     info.exit_code = _known(rec.get("ExitCode")) or info.exit_code
     info.elapsed = _known(rec.get("RunTime")) or info.elapsed
     info.start = _timestamp(rec.get("StartTime")) or info.start
-    info.end = _timestamp(rec.get("EndTime")) or info.end
+    if info.state in NOT_ENDED_STATES:  # EndTime is when the time limit would end the job
+        if _known(rec.get("EndTime")):
+            info.extra["time_limit_end"] = _timestamp(rec.get("EndTime"))
+    else:
+        info.end = _timestamp(rec.get("EndTime")) or info.end
     info.restart_count = max(info.restart_count, _to_int(rec.get("Restarts")) or 0)
     _set_nodes(info, rec.get("NodeList"))
     tres = _known(rec.get("TRES"))
@@ -166,12 +173,16 @@ def _from_sacct(info: JobInfo, parsed: Mapping[str, Any]) -> None:
     # The jobcomp file keeps one line per end of a job: a requeued job (or a reused id) has several; the last wins.
     job = [rec for rec in parsed["jobs"] if rec.get("JobID") == parsed["job"].get("JobID")][-1]
     state = _known(job.get("State"))
-    if state:
+    ended = state is not None and state.split(" ", 1)[0] not in NOT_ENDED_STATES
+    # Accounting lags behind slurmctld: while the job is not over, sacct may still say PENDING when scontrol
+    # already says RUNNING; scontrol's word stands then.  The final outcome comes from sacct.
+    if state and (ended or info.state is None):
         info.state = state.split(" ", 1)[0]  # "CANCELLED by 0"
         if " " in state:
             info.extra["state_detail"] = state
-    info.exit_code = _known(job.get("ExitCode")) or info.exit_code
-    info.elapsed = _known(job.get("Elapsed")) or info.elapsed
+    if ended or info.exit_code is None:
+        info.exit_code = _known(job.get("ExitCode")) or info.exit_code
+        info.elapsed = _known(job.get("Elapsed")) or info.elapsed
     info.start = _timestamp(job.get("Start")) or info.start
     info.end = _timestamp(job.get("End")) or info.end
     _fill(info, "name", _known(job.get("JobName")))
@@ -188,9 +199,17 @@ def _from_sacct(info: JobInfo, parsed: Mapping[str, Any]) -> None:
     if _known(job.get("DerivedExitCode")):
         info.extra["derived_exit_code"] = job["DerivedExitCode"]
     steps = {
-        step: {k.lower(): v for k, v in rec.items() if k in _STEP_FIELDS and _known(v) is not None}
+        step: {
+            k.lower(): _timestamp(v) if k in ("Start", "End") else v
+            for k, v in rec.items()
+            if k in _STEP_FIELDS and _known(v) is not None
+        }
         for step, rec in parsed["steps"].items()
     }
+    for step in steps.values():
+        if "maxrss" in step:
+            with contextlib.suppress(SlurmError):
+                step["maxrss_bytes"] = parse_size(step["maxrss"])
     if steps:
         info.extra["steps"] = steps
 

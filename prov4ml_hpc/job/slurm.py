@@ -15,8 +15,26 @@ from typing import Any
 from ..errors import SlurmError
 
 # Values SLURM prints for "not set".
-UNKNOWN_VALUES = frozenset({"", "(null)", "N/A", "n/a", "Unknown", "unknown", "None", "(none)", "NONE"})
+UNKNOWN_VALUES = frozenset(
+    {"", "(null)", "N/A", "n/a", "Unknown", "unknown", "None", "(none)", "NONE", "None assigned"}
+)  # "None assigned": sacct's NodeList of a pending job
 NO_TIME_LIMIT = frozenset({"UNLIMITED", "INFINITE", "Partition_Limit", "NOT_SET", "N/A", "NONE", ""})
+# Job states in which scontrol's EndTime is only the time limit's end (a projection), not when the job ended.
+NOT_ENDED_STATES = frozenset(
+    {
+        "PENDING",
+        "RUNNING",
+        "SUSPENDED",
+        "CONFIGURING",
+        "RESIZING",
+        "SIGNALING",
+        "STOPPED",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "RESV_DEL_HOLD",
+    }
+)
 
 # `sacct -P -n -o` fields that job_info asks for (accepted in plain and `-c` jobcomp mode).
 SACCT_FIELDS: tuple[str, ...] = (
@@ -284,6 +302,34 @@ def parse_time_limit(value: str) -> int | None:
     return (nums[0] * 60 + nums[1]) * 60 + nums[2]
 
 
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
+
+
+def parse_size(value: str) -> int | None:
+    """Parse a SLURM memory size (sacct's MaxRSS ``62336K``, ``1.50G``; ``--mem`` values) into bytes.
+
+    SLURM's units are powers of 1024; a number without a unit is bytes, as sacct prints them.
+
+    Args:
+        value: the size as SLURM prints it; ``""`` (a step that measured nothing) gives None.
+
+    Returns:
+        Bytes (rounded down), or None for an empty or unknown value.
+
+    Raises:
+        SlurmError: a malformed size.
+    """
+    text = value.strip()
+    if text in UNKNOWN_VALUES:
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGTP]?)[Bb]?", text, re.IGNORECASE)
+    if match is None:
+        raise SlurmError(
+            f"invalid SLURM size {value!r}; expected a number with an optional K, M, G, T or P unit"
+        )
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+
+
 # -- scontrol / sacct outputs ----------------------------------------------------------------------------------
 def _parse_fields(line: str, record: dict[str, str]) -> None:
     key: str | None = None
@@ -364,7 +410,8 @@ def parse_sacct(text: str, fields: Sequence[str] = SACCT_FIELDS) -> dict[str, An
 
     Args:
         text: the command's standard output, ``|``-separated; a header line (no ``-n``) is recognised.
-        fields: the names given to ``-o``, in order.
+        fields: the names given to ``-o``, in order.  A job name holding ``|`` (sacct does not escape it) is put
+            back together, as long as JobName is the only field with free text.
 
     Returns:
         ``{"job": {field: value}, "steps": {"batch": {...}, "0": {...}}, "jobs": [...]}``: ``job`` is the first
@@ -383,6 +430,10 @@ def parse_sacct(text: str, fields: Sequence[str] = SACCT_FIELDS) -> dict[str, An
         values = line.split("|")
         if len(values) == len(names) + 1 and values[-1] == "":
             values = values[:-1]  # `-p` style trailing separator
+        if len(values) > len(names) and "JobName" in names:
+            # sacct prints a job name as it is: `sbatch -J 'exp|lr=0.1'` adds separators (only JobName is free text)
+            at, surplus = names.index("JobName"), len(values) - len(names)
+            values = [*values[:at], "|".join(values[at : at + surplus + 1]), *values[at + surplus + 1 :]]
         if len(values) != len(names):
             raise SlurmError(
                 f"sacct line has {len(values)} fields, expected {len(names)} ({','.join(names)}): "

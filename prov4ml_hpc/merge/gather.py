@@ -1,7 +1,8 @@
 """The in-job gather: after every rank has closed its file, rank 0 merges the run, without ever hanging the job.
 
-Called by ``end_run`` on every rank of an MPI job (an end hook registered by ``extensions.on_start``).  No
-collective call is used, so a rank that died or never reaches end_run cannot block the others:
+Called by ``end_run`` on every rank of an MPI job (one whose script imported mpi4py.MPI; an end hook registered
+by ``extensions.on_start``).  No collective call is used, so a rank that died or never reaches end_run cannot
+block the others:
 
 1. every rank other than 0 sends "closed" (a small non-blocking send) to rank 0 and polls for rank 0's answer;
 2. rank 0 polls for the messages until every rank has arrived or PROV4ML_HPC_GATHER_TIMEOUT seconds (default
@@ -13,6 +14,7 @@ Ranks other than 0 do not wait for the merge itself.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -47,10 +49,11 @@ def gather_at_end(run: Any) -> bool:
 
 
 def _world(run: Any, later: str):
-    try:
-        from mpi4py import MPI
-    except ImportError:
-        logger.info("no mpi4py: no in-job gather; %s", later)
+    # Never import mpi4py.MPI here: the import calls MPI_Init, which waits for every rank of the launch (the PMI
+    # fence); in a job whose script does not use MPI, one rank that failed made the others hang here for good.
+    MPI = sys.modules.get("mpi4py.MPI")
+    if MPI is None:
+        logger.info("the script did not use MPI (mpi4py.MPI not imported): no in-job gather; %s", later)
         return None
     if not MPI.Is_initialized() or MPI.Is_finalized():
         logger.warning("MPI is not initialized or already finalized at end_run: no in-job gather; %s", later)

@@ -22,7 +22,7 @@ import threading
 import warnings
 from pathlib import Path
 
-from prov.constants import PROV_LABEL
+from prov.constants import PROV_LABEL, PROV_TYPE
 from prov.identifier import QualifiedName
 from prov.model import (
     Literal,
@@ -266,6 +266,15 @@ def load_export(text: str, fmt: str) -> ProvDocument:
     return unescape_document(doc)
 
 
+def graph_level(doc: ProvDocument) -> str | None:
+    """The detail level a document was built at (``prov4ml:graph_level`` of its job), None if it says none."""
+    for record in doc.get_records(ProvActivity):
+        if v.JOB in record.get_attribute(PROV_TYPE):
+            levels = record.get_attribute(v.PROV4ML[v.GRAPH_LEVEL])
+            return str(next(iter(levels))) if levels else None
+    return None
+
+
 def _require(module: str, message: str) -> None:
     try:
         __import__(module)
@@ -445,6 +454,7 @@ __all__ = [
     "SUFFIXES",
     "dot_to_svg",
     "escape_document",
+    "graph_level",
     "load_export",
     "load_prov_json",
     "plain_types",

@@ -6,7 +6,7 @@ and SVG the ``dot`` binary of graphviz: a missing one raises ExportError naming 
 ``prov:type`` is a plain QName string (what yProv Explorer shows), read back as a QName by :func:`load_prov_json`.
 PROV-JSONLD carries its ``@context`` (prov's copy of the PROV-JSONLD context), so it parses offline.  A string
 that a format cannot carry (XML 1.0: most control characters; UTF-8 text: lone surrogates) is escaped reversibly
-and typed ``prov4ml:escaped`` (:func:`unescape_document` undoes it).  DOT is written here (prov's own DOT export
+and its record says so in ``prov4ml:escaped_attributes`` (:func:`unescape_document` undoes it).  DOT is written here (prov's own DOT export
 needs pydot): yellow ellipses for entities, blue boxes for activities, orange houses for agents.
 """
 
@@ -25,7 +25,6 @@ from pathlib import Path
 from prov.constants import PROV_LABEL, PROV_TYPE
 from prov.identifier import QualifiedName
 from prov.model import (
-    Literal,
     ProvActivity,
     ProvAgent,
     ProvDocument,
@@ -186,55 +185,67 @@ def unescape_text(text: str) -> str:
     return _UNESCAPE.sub(lambda m: "\\" if m.group(1) == "\\" else chr(int(m.group(1)[1:], 16)), text)
 
 
-def _map_strings(doc: ProvDocument, change) -> ProvDocument:
-    """A copy of ``doc`` with each string attribute value replaced by ``change(value)`` (None: kept); ``doc``
-    itself when nothing changes (the usual case: one pass over the attributes, no copy)."""
-    todo = []
-    for record in doc.get_records():
-        for _attr, value in record.extra_attributes:
-            if change(value) is not None:
-                todo.append(record)
-                break
-    if not todo:
+_ESCAPED_ATTR = v.PROV4ML[v.ESCAPED_ATTRIBUTES]
+
+
+def escape_document(doc: ProvDocument, bad: re.Pattern = _NOT_XML) -> ProvDocument:
+    """``doc`` with the string values that hold a character ``bad`` matches escaped (:func:`escape_text`).
+
+    Every value of such an attribute on that record is escaped, and the record names the attribute in
+    ``prov4ml:escaped_attributes`` (space-separated QNames), so that the document stays valid for its format's
+    schema (no private datatype) and :func:`unescape_document` knows what to undo.  ``doc`` itself is returned
+    when nothing needs escaping (the usual case: one pass over the attributes, no copy).
+    """
+
+    def escaped(record) -> set:
+        return {
+            attr for attr, value in record.extra_attributes if isinstance(value, str) and bad.search(value)
+        }
+
+    if not any(escaped(r) for r in doc.get_records()):
         return doc
-    touched = {id(r) for r in todo}
-    out = ProvDocument()
-    for ns in doc.get_registered_namespaces():
-        out.add_namespace(ns)
-    if v.PROV4ML.uri not in {ns.uri for ns in doc.get_registered_namespaces()}:
-        out.add_namespace(v.PROV4ML)  # the prefix of the escaped datatype
+    out = _empty_like(doc)
     for record in doc.get_records():
-        if id(record) not in touched:
+        names = escaped(record)
+        if not names:
             out.add_record(record)
             continue
-        other = []
-        for attr, value in record.extra_attributes:
-            new = change(value)
-            other.append((attr, value if new is None else new))
+        other = [
+            (attr, escape_text(value) if attr in names and isinstance(value, str) else value)
+            for attr, value in record.extra_attributes
+        ]
+        other.append((_ESCAPED_ATTR, " ".join(sorted(str(n) for n in names))))
         out.new_record(record.get_type(), record.identifier, list(record.formal_attributes), other)
     return out
 
 
-def escape_document(doc: ProvDocument, bad: re.Pattern = _NOT_XML) -> ProvDocument:
-    """``doc`` with every string holding a character that ``bad`` matches escaped and typed prov4ml:escaped."""
-
-    def change(value: object) -> object:
-        if isinstance(value, str) and bad.search(value):
-            return Literal(escape_text(value), v.ESCAPED)
-        return None
-
-    return _map_strings(doc, change)
-
-
 def unescape_document(doc: ProvDocument) -> ProvDocument:
-    """The inverse of :func:`escape_document`: prov4ml:escaped literals back to the strings they were."""
+    """The inverse of :func:`escape_document`."""
+    if not any(r.get_attribute(_ESCAPED_ATTR) for r in doc.get_records()):
+        return doc
+    out = _empty_like(doc)
+    for record in doc.get_records():
+        marks = record.get_attribute(_ESCAPED_ATTR)
+        if not marks:
+            out.add_record(record)
+            continue
+        names = {name for mark in marks for name in str(mark).split()}
+        other = [
+            (attr, unescape_text(value) if str(attr) in names and isinstance(value, str) else value)
+            for attr, value in record.extra_attributes
+            if attr != _ESCAPED_ATTR
+        ]
+        out.new_record(record.get_type(), record.identifier, list(record.formal_attributes), other)
+    return out
 
-    def change(value: object) -> object:
-        if isinstance(value, Literal) and value.datatype == v.ESCAPED:
-            return unescape_text(value.value)
-        return None
 
-    return _map_strings(doc, change)
+def _empty_like(doc: ProvDocument) -> ProvDocument:
+    out = ProvDocument()
+    for ns in doc.get_registered_namespaces():
+        out.add_namespace(ns)
+    if v.PROV4ML.uri not in {ns.uri for ns in doc.get_registered_namespaces()}:
+        out.add_namespace(v.PROV4ML)  # the prefix of prov4ml:escaped_attributes
+    return out
 
 
 def load_export(text: str, fmt: str) -> ProvDocument:

@@ -430,9 +430,9 @@ class RankBuilder(BaseBuilder):
     def rank(self, r: RankSummary) -> QualifiedName:
         base = (f"r{r.global_rank:05d}", f"a{r.attempt}")
         where = f"rank {r.global_rank}" + (f" attempt {r.attempt}" if r.attempt else "")
-        tail = f"@r{r.global_rank}" + (f".{r.attempt}" if r.attempt else "")
+        tail = f"@r{r.global_rank}" + (f"a{r.attempt}" if r.attempt else "")
         full = where + ("" if r.status == schema.STATUS_COMPLETED else f" ({r.status})")
-        head = f"rank {r.global_rank}" + (f".{r.attempt}" if r.attempt else "")
+        head = f"rank {r.global_rank}" + (f" a{r.attempt}" if r.attempt else "")
         head += "" if r.status == schema.STATUS_COMPLETED else f" {r.status}"
         pairs = [
             (v.GLOBAL_RANK, r.global_rank),

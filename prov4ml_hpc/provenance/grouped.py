@@ -108,7 +108,7 @@ class GroupBuilder(BaseBuilder):
             name = host if host is not None else "unknown node"
             parts: tuple[str, ...] = ("node", v.escape_component(host), f"a{attempt}")
             where = name + (f" attempt {attempt}" if attempt else "")
-            tail = "@" + v.fit_label(name, "", 9) + (f".{attempt}" if attempt else "")
+            tail = "@" + v.fit_label(name, "", 9) + (f"a{attempt}" if attempt else "")
             act = self.ident(*parts)
             counts, bad = status_summary(ranks)
             pairs = [
@@ -123,7 +123,7 @@ class GroupBuilder(BaseBuilder):
             ends = [r.end_time for r in ranks if utc(r.end_time) is not None]
             times = (utc(min(starts)) if starts else None, utc(max(ends)) if ends else None)
             full = f"{len(ranks)} ranks on {where}"
-            head = name + (f".{attempt}" if attempt else "")
+            head = name + (f" a{attempt}" if attempt else "")
             self.node("activity", act, v.NODE_PROCESS, (head, ""), full, attrs(pairs), times)
             self.doc.wasInformedBy(act, self.job)
             if alive:
@@ -137,7 +137,7 @@ class GroupBuilder(BaseBuilder):
             act = self.job
             parts = (f"a{attempt}",)
             where = f"attempt {attempt}" if len(self.s.attempts) > 1 else "the job"
-            tail = f".a{attempt}" if attempt else ""
+            tail = f" a{attempt}" if attempt else ""
             if attempt == min(self.s.attempts):
                 self.doc.wasAssociatedWith(act, self.software)
         main = next((r for r in ranks if r.meta), None)

@@ -50,7 +50,6 @@ SUBMITTER = PROV4ML["Submitter"]
 SOFTWARE = PROV4ML["Software"]
 COMMAND = PROV4ML["Command"]  # the command line that started the ranks (when SLURM gave no job script)
 NODE_PROCESS = PROV4ML["NodeProcess"]  # the ranks of one node, one attempt (node-level graphs)
-ESCAPED = PROV4ML["escaped"]  # datatype of a string escaped for a format that cannot carry it (export.py)
 
 SERIES_TYPES = {schema.KIND_METRIC: METRIC_SERIES, schema.KIND_SYSTEM: SYSTEM_SERIES}
 ARTIFACT_TYPES = {schema.REC_ARTIFACT: ARTIFACT, schema.REC_MODEL: MODEL, schema.REC_DATASET: DATASET}
@@ -98,6 +97,7 @@ FULL_LABEL = "full_label"  # the long, descriptive label when prov:label had to 
 ROLES = "roles"  # of a person agent: "user", "submitter" or "user,submitter"
 GRAPH_LEVEL = "graph_level"  # on the job: the detail level of this document (job, node or rank)
 COMMAND_LINE = "command_line"
+ESCAPED_ATTRIBUTES = "escaped_attributes"  # the attributes of a record escaped for a format (export.py)
 
 # aggregates over ranks (job- and node-level graphs)
 RANKS = "ranks"  # the global ranks, as compact ranges ("0-3,8")

@@ -21,7 +21,7 @@ from prov4ml_hpc import schema
 from prov4ml_hpc.merge import runfile
 from prov4ml_hpc.merge.model import ArtifactRecord, ParamRecord, RankSummary, SeriesSummary
 from prov4ml_hpc.provenance import vocab as v
-from prov4ml_hpc.provenance.graph import (
+from prov4ml_hpc.provenance.base import (
     BaseBuilder,
     artifact_pairs,
     attrs,

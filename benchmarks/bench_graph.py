@@ -63,7 +63,11 @@ def summary(n_ranks: int, n_series: int, per_node: int) -> RunSummary:
 def yprov(python: str, src: str, path: str, timeout: float) -> str:
     try:
         done = subprocess.run(
-            [python, "-c", YPROV_CODE, src, path], capture_output=True, text=True, timeout=timeout, check=False
+            [python, "-c", YPROV_CODE, src, path],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         return f"not done after {timeout:g} s"
@@ -85,7 +89,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(x) for x in args.ranks.split(",")):
             s = summary(n, args.series, args.per_node)
-            print(f"\n{n} ranks x {args.series} series, {args.per_node} ranks per node (auto: {choose_level(s)})")
+            print(
+                f"\n{n} ranks x {args.series} series, {args.per_node} ranks per node (auto: {choose_level(s)})"
+            )
             base = None
             for level in LEVELS:
                 t0 = time.perf_counter()
@@ -102,7 +108,9 @@ def main() -> None:
                     f"{size / 2**20:6.2f} MiB"
                 )
                 if args.yprov_python and args.yprov_src:
-                    print(f"        yProv: {yprov(args.yprov_python, args.yprov_src, path, args.yprov_timeout)}")
+                    print(
+                        f"        yProv: {yprov(args.yprov_python, args.yprov_src, path, args.yprov_timeout)}"
+                    )
 
 
 if __name__ == "__main__":

@@ -156,12 +156,23 @@ def _do_merge(
     comm=None,
     block_rows: int | None = None,
     progress: bool | None = None,
+    graph: str | None = None,
 ):
     from .merge import merge_run
 
     kwargs = {} if block_rows is None else {"block_rows": block_rows}
     show = _progress_printer("merge") if (progress is None or progress) and not quiet else None
-    return merge_run(run_dir, strict=strict, query_slurm=query_slurm, comm=comm, progress=show, **kwargs)
+    return merge_run(
+        run_dir, strict=strict, query_slurm=query_slurm, comm=comm, progress=show, graph=graph, **kwargs
+    )
+
+
+GRAPH_LEVELS = ("auto", "job", "node", "rank")
+_GRAPH_HELP = (
+    "detail of the PROV graph: rank (one activity per rank), node (ranks grouped by node), job (one entity "
+    "per series across ranks), auto (rank level within 5,000 records, else node, else job) "
+    "[default: PROV4ML_HPC_GRAPH, else auto]"
+)
 
 
 @main.command()
@@ -185,6 +196,7 @@ def _do_merge(
     default=None,
     help="rows read per block (memory bound) [default: 1000000]",
 )
+@click.option("--graph", type=click.Choice(GRAPH_LEVELS), default=None, help=_GRAPH_HELP)
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @click.pass_context
 def merge(
@@ -195,6 +207,7 @@ def merge(
     mpi: bool,
     progress: bool | None,
     block_rows: int | None,
+    graph: str | None,
     as_json: bool,
 ) -> None:
     """Merge a run's rank files into run.h5 and ONE provenance.json (also for crashed or killed jobs).
@@ -210,7 +223,13 @@ def merge(
             raise click.UsageError('--mpi needs mpi4py: pip install "prov4ml-hpc[mpi]"') from None
         comm = MPI.COMM_WORLD
     result = _do_merge(
-        run_dir, strict=strict, query_slurm=slurm, comm=comm, block_rows=block_rows, progress=progress
+        run_dir,
+        strict=strict,
+        query_slurm=slurm,
+        comm=comm,
+        block_rows=block_rows,
+        progress=progress,
+        graph=graph,
     )
     if comm is not None and comm.Get_rank() != 0:
         ctx.exit(result.exit_code)
@@ -303,13 +322,14 @@ def compare(
         )
 
 
-EXPORT_FORMATS = ("json", "provn", "xml", "jsonld", "ttl", "dot", "svg", "rocrate")
+EXPORT_FORMATS = ("json", "provn", "xml", "jsonld", "ttl", "trig", "dot", "svg", "rocrate")
 _SUFFIX = {
     "json": "json",
     "provn": "provn",
     "xml": "provx",
     "jsonld": "jsonld",
     "ttl": "ttl",
+    "trig": "trig",
     "dot": "dot",
     "svg": "svg",
 }
@@ -333,21 +353,39 @@ _SUFFIX = {
     help="output path [default: RUN_DIR/provenance.<ext>; rocrate: RUN_DIR/ro-crate-metadata.json "
     "in place, PATH.zip for a zip, another PATH for a new directory crate]",
 )
-def export(run_dir: str, fmt: str, out: str | None) -> None:
+@click.option(
+    "--graph",
+    type=click.Choice(GRAPH_LEVELS[1:]),
+    default=None,
+    help="the level provenance.json must have (it is written by merge --graph) [default: as it is]",
+)
+@click.option(
+    "--license",
+    "license_",
+    default=None,
+    help="rocrate: the crate's license, an SPDX id (CC-BY-4.0) or a URL [default: PROV4ML_HPC_LICENSE]",
+)
+def export(run_dir: str, fmt: str, out: str | None, graph: str | None, license_: str | None) -> None:
     """Export the run's provenance graph (from provenance.json) or the run as an RO-Crate."""
     from . import schema
 
     if fmt == "rocrate":
         from .provenance.crate import write_crate
 
-        click.echo(write_crate(run_dir, out))
+        click.echo(write_crate(run_dir, out, license=license_))
         return
-    from .provenance.export import load_prov_json, write_export
+    from .provenance.export import graph_level, load_prov_json, write_export
 
     prov_path = os.path.join(run_dir, schema.PROV_FILE)
     if not os.path.exists(prov_path):
         raise click.ClickException(f"{prov_path} does not exist: run `prov4ml-hpc merge {run_dir}` first")
     doc = load_prov_json(prov_path)
+    level = graph_level(doc)
+    if graph is not None and level != graph:
+        raise click.ClickException(
+            f"{prov_path} holds the {level or 'unknown'}-level graph, not the {graph} level: "
+            f"`prov4ml-hpc merge --graph {graph} {run_dir}` rewrites it (merging again changes nothing else)"
+        )
     target = out or os.path.join(run_dir, f"provenance.{_SUFFIX[fmt]}")
     write_export(doc, target, fmt)
     click.echo(target)

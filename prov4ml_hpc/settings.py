@@ -66,6 +66,14 @@ _TABLE = (
     # end of job
     _s("GATHER", "bool", True, "under MPI, write run.h5 and provenance.json at end_run"),
     _s("GATHER_TIMEOUT", "float", 60.0, "seconds the end of job waits for the other ranks", minimum=0),
+    _s(
+        "GRAPH",
+        "choice",
+        "auto",
+        "detail of provenance.json: job, node, rank, or auto (rank level within 5,000 records, else node, else job)",
+        choices=("auto", "job", "node", "rank"),
+    ),
+    _s("LICENSE", "str", None, "license of exported RO-Crates: an SPDX id (CC-BY-4.0) or a URL"),
     # launcher and hook
     _s("SIGNALS", "str", "TERM,INT", "signals the launcher/hook record, comma-separated, or 'none'"),
     _s(
@@ -104,6 +112,8 @@ ENERGY_INTERVAL = "PROV4ML_HPC_ENERGY_INTERVAL"
 COUNTRY = "PROV4ML_HPC_COUNTRY"
 GATHER = "PROV4ML_HPC_GATHER"
 GATHER_TIMEOUT = "PROV4ML_HPC_GATHER_TIMEOUT"
+GRAPH = "PROV4ML_HPC_GRAPH"
+LICENSE = "PROV4ML_HPC_LICENSE"
 SIGNALS = "PROV4ML_HPC_SIGNALS"
 HOOK = "PROV4ML_HPC_HOOK"
 HOOK_PARENT = "PROV4ML_HPC_HOOK_PARENT"

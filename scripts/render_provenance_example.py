@@ -1,7 +1,8 @@
 """Render docs/provenance-example.svg: the PROV graph of a small hand-made run (2 ranks, 1 context, 2 metrics,
 1 parameter, 1 artifact), drawn by graphviz from prov4ml-hpc's own DOT export.
 
-Usage: python scripts/render_provenance_example.py [OUT.svg] [--json OUT.json]
+Usage: python scripts/render_provenance_example.py [OUT.svg] [--json OUT.json] [--graph rank|node|job]
+(docs/provenance-example.svg is the rank level, docs/provenance-example-job.svg the job level)
 """
 
 from __future__ import annotations
@@ -109,8 +110,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", default=str(ROOT / "docs" / "provenance-example.svg"))
     parser.add_argument("--json", help="also write the PROV-JSON of the example here")
+    parser.add_argument("--graph", choices=("rank", "node", "job"), default="rank", help="detail level")
     args = parser.parse_args()
-    doc = build_document(example_summary())
+    doc = build_document(example_summary(), level=args.graph)
     print(write_export(doc, args.out, "svg"))
     if args.json:
         print(write_prov_json(doc, args.json, indent=2))

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from prov.constants import PROV_LABEL, PROV_TYPE, PROV_VALUE
+from prov.constants import PROV, PROV_LABEL, PROV_TYPE, PROV_VALUE
 from prov.model import ProvActivity, ProvDocument, ProvElement, ProvRelation
 
 from prov4ml_hpc import schema
@@ -31,6 +31,7 @@ from prov4ml_hpc.merge.model import (
 )
 from prov4ml_hpc.provenance import build_document, load_prov_json, serialize, write_prov_json
 from prov4ml_hpc.provenance import vocab as v
+from prov4ml_hpc.provenance.export import load_export, plain_types
 
 T0 = 1_700_000_000.25
 ALLOWED = {
@@ -168,7 +169,7 @@ def full_summary(count=100):
 
 @pytest.fixture(scope="module")
 def doc():
-    return build_document(full_summary(), members=True)
+    return build_document(full_summary(), members=True, level="rank")
 
 
 def elements(d):
@@ -192,9 +193,15 @@ def one(records, **attrs):
 # ---- structure --------------------------------------------------------------------------------------------
 def test_round_trip_equal(doc):
     text = serialize(doc, "json")
-    back = ProvDocument.deserialize(content=text)
+    back = load_export(text, "json")
     assert back == doc
     assert len(back.get_records()) == len(doc.get_records())
+    # prov alone reads the same records, each node's prov:type as the plain "prefix:Name" string it is in the file
+    plain = ProvDocument.deserialize(content=text)
+    assert len(plain.get_records()) == len(doc.get_records())
+    for element in elements(plain):
+        (value,) = element.get_attribute(PROV_TYPE)
+        assert isinstance(value, str) and ":" in value, (element.identifier, value)
 
 
 def test_flat_labels_and_relation_types(doc):
@@ -271,6 +278,8 @@ def test_rank_activities_and_requeue(doc):
     assert ("run:r00000.a0", "run:job") in informed
     assert ("run:r00000.a0.ctx.training", "run:r00000.a0") in informed
     started = {str(r.formal_attributes[0][1]) for r in rels if _verb(r) == "Start"}
+    triggers = {str(dict(r.formal_attributes)[PROV["trigger"]]) for r in rels if _verb(r) == "Start"}
+    assert triggers == {"run:jobscript"}  # SLURM gave the script: it started the ranks
     assert {
         "run:r00000.a0",
         "run:r00001.a0",
@@ -295,7 +304,8 @@ def _verb(rel):
 
 def test_agents_job_and_totals(doc):
     user = doc.get_record("run:user.alice")[0]
-    assert {v.USER, v.SUBMITTER} <= user.get_attribute(PROV_TYPE)
+    assert user.get_attribute(PROV_TYPE) == {PROV["Person"]}
+    assert user.get_attribute(v.PROV4ML["roles"]) == {"user,submitter"}
     software = doc.get_record("run:software")[0]
     assert software.get_attribute(v.PROV4ML["version"]) == {"0.1.0"}
     job = doc.get_record("run:job")[0]
@@ -398,14 +408,19 @@ def test_environment_and_nodes(doc):
 
 # ---- determinism and size -------------------------------------------------------------------------------
 def test_deterministic():
-    a = serialize(build_document(full_summary()), "json")
+    a = serialize(build_document(full_summary(), level="rank"), "json")
     shuffled = full_summary()
     shuffled.ranks.reverse()
     for r in shuffled.ranks:
         r.series.reverse()
         r.params.reverse()
         r.artifacts.reverse()
-    assert serialize(build_document(shuffled), "json") == a
+    assert serialize(build_document(shuffled, level="rank"), "json") == a
+    for level in ("node", "job"):
+        shuffled.ranks.reverse()
+        assert serialize(build_document(shuffled, level=level), "json") == serialize(
+            build_document(full_summary(), level=level), "json"
+        )
     assert serialize(build_document(full_summary()), "provn") == serialize(
         build_document(full_summary()), "provn"
     )
@@ -420,9 +435,10 @@ def test_size_does_not_grow_with_values():
 def test_minimal_summary():
     s = RunSummary("plain run", "exp", "/tmp/r", JobInfo(), [RankSummary(0)], 1, "0.1.0")
     d = build_document(s)
-    assert ProvDocument.deserialize(content=serialize(d, "json")) == d
+    assert load_export(serialize(d, "json"), "json") == d
     assert by_type(d, v.JOB)[0].get_attribute(PROV_LABEL) == {"run plain run"}
     assert not by_type(d, v.JOB_SCRIPT)
+    assert by_type(d, v.COMMAND)  # no script: the command line is the trigger
     assert all(e.get_attribute(PROV_LABEL) for e in elements(d))
 
 
@@ -436,7 +452,7 @@ def test_1024_ranks_x_20_series_builds_fast():
         ranks.append(rg)
     s = RunSummary("big", "exp", "/tmp/big", JobInfo(job_id="1"), ranks, 1024, "0.1.0", user="bob")
     t0 = time.perf_counter()
-    d = build_document(s)
+    d = build_document(s, level="rank")
     t1 = time.perf_counter()
     text = serialize(d, "json")
     t2 = time.perf_counter()
@@ -449,9 +465,12 @@ def test_1024_ranks_x_20_series_builds_fast():
 
 
 # ---- exports --------------------------------------------------------------------------------------------
-def test_json_is_prov_own_serialization(doc):
-    assert serialize(doc, "json") == doc.serialize(format="json")
-    assert serialize(doc, "json", indent=1) == doc.serialize(format="json", indent=1)
+def test_json_is_prov_own_serialization_with_plain_types(doc):
+    own = json.loads(doc.serialize(format="json"))
+    assert own["activity"]["run:job"]["prov:type"] == {"$": "prov4ml:Job", "type": "xsd:QName"}
+    assert serialize(doc, "json") == json.dumps(plain_types(own))  # (plain_types changes its argument)
+    assert serialize(doc, "json", indent=1) == json.dumps(own, indent=1)
+    assert json.loads(serialize(doc, "json"))["activity"]["run:job"]["prov:type"] == "prov4ml:Job"
 
 
 def test_write_and_load(tmp_path, doc):
@@ -478,7 +497,8 @@ def test_provn_and_dot(doc):
 
 def test_jsonld(doc):
     text = serialize(doc, "jsonld")
-    assert json.loads(text)
+    context = json.loads(text)["@context"]
+    assert all(isinstance(item, dict) for item in context)  # embedded: nothing to fetch
     assert ProvDocument.deserialize(content=text, format="jsonld") == doc
 
 
@@ -508,6 +528,7 @@ def test_optional_formats(doc, fmt, module, hint):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # rdflib 7 deprecations inside prov's reader
             assert ProvDocument.deserialize(content=text, **options) == doc
+        assert load_export(text, fmt) == doc
 
 
 def test_unknown_format(doc):
@@ -537,7 +558,8 @@ def test_deterministic_across_processes():
     code = (
         "import sys, hashlib; sys.path.insert(0, 'tests'); from test_provenance import full_summary;"
         "from prov4ml_hpc.provenance import build_document, serialize;"
-        "print(hashlib.sha256(serialize(build_document(full_summary(), members=True)).encode()).hexdigest())"
+        "print(hashlib.sha256(''.join(serialize(build_document(full_summary(), members=True, level=l))"
+        " for l in ('rank', 'node', 'job')).encode()).hexdigest())"
     )
     root = Path(__file__).resolve().parent.parent
     digests = {

@@ -77,6 +77,7 @@ def merge_run(
     progress: Progress | None = None,
     comm: Any = None,
     block_rows: int = BLOCK_ROWS,
+    graph: str | None = None,
 ) -> MergeResult:
     """Merge the rank files of a run directory into run.h5 and provenance.json (see docs/merge.md).
 
@@ -88,17 +89,24 @@ def merge_run(
         comm: an mpi4py communicator; with more than one process, the rank files are split among them.
             Every process of ``comm`` must call merge_run with the same arguments.
         block_rows: rows read at a time (memory is bounded by a few blocks).
+        graph: detail level of provenance.json: ``auto``, ``job``, ``node`` or ``rank`` (docs/provenance.md);
+            default PROV4ML_HPC_GRAPH, else ``auto``.
 
     Returns:
         The MergeResult (the same on every process of ``comm``).
 
     Raises:
         MergeError: no rank files, strict mode found problems, or an output could not be written.
+        ConfigError: ``graph`` (or PROV4ML_HPC_GRAPH) is not a graph level.
     """
+    from .. import settings
+
     t0 = time.perf_counter()
+    level = settings.get(settings.GRAPH, override=graph)
     run_dir = os.path.abspath(os.fspath(run_dir))
     c = comm if comm is not None and comm.Get_size() > 1 else _Solo()
     m = _Merge(run_dir, c, strict, query_slurm, progress, block_rows)
+    m.graph = level
     try:
         result = m.run()
     finally:
@@ -296,7 +304,7 @@ class _Merge:
         run_path = os.path.join(self.run_dir, schema.RUN_FILE)
         os.replace(self.tmp_run, run_path)
         prov_path = os.path.join(self.run_dir, schema.PROV_FILE)
-        write_prov_json(build_document(summary), prov_path)
+        write_prov_json(build_document(summary, level=self.graph), prov_path)
         by_status: dict[str, list[str]] = {}
         for h in self.headers:
             by_status.setdefault(h.status, []).append(h.found.stem)

@@ -125,7 +125,8 @@ def _root(comm, run: Any, timeout: float, later: str) -> bool:
         return False
     from . import merge_run
 
-    result = merge_run(run.run_dir, query_slurm=True)
+    options = getattr(run, "options", None)
+    result = merge_run(run.run_dir, query_slurm=True, graph=getattr(options, "graph", None))
     logger.info(
         "in-job gather: %d ranks, %d values merged into %s in %.1fs",
         size,

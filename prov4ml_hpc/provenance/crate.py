@@ -5,7 +5,9 @@ nothing is copied.  ``write_crate(run_dir, "run.zip")`` writes a zip and ``write
 directory crate, each holding copies of the run's files (run.h5, provenance.json, report/, artifacts stored in
 the run directory; the rank files when the run is not merged).  Files outside the run directory (the training
 script, datasets read in place) are referenced by ``file://`` URIs with their sha256 and size, never copied.
-The profiles' URIs are identifiers only: nothing is fetched.  See docs/report.md, "RO-Crate".
+The profiles' URIs are identifiers only: nothing is fetched.  The crate passes roc-validator's REQUIRED checks of
+RO-Crate 1.1, Workflow RO-Crate 1.0 and the Process/Workflow/Provenance Run Crate 0.5 profiles (tests/test_crate.py,
+offline).  See docs/report.md, "RO-Crate".
 """
 
 from __future__ import annotations
@@ -14,20 +16,26 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import sys
 import zipfile
 from typing import Any
 from urllib.parse import quote
 
-from .. import schema
+from .. import schema, settings
 from .._version import __version__
 from ..errors import ExportError
 from ..view.inspect import RunInfo, energy_totals, load_run, script_of, time_span
 
 METADATA = "ro-crate-metadata.json"
 RO_CRATE = "https://w3id.org/ro/crate/1.1"
-CONTEXT = "https://w3id.org/ro/crate/1.1/context"
+RO_CRATE_CONTEXT = "https://w3id.org/ro/crate/1.1/context"
+WFRUN = "https://w3id.org/ro/terms/workflow-run#"
+# the RO-Crate 1.1 context does not define these two Workflow Run Crate terms: the crate's context adds them
+CONTEXT = [RO_CRATE_CONTEXT, {"sha256": WFRUN + "sha256", "resourceUsage": WFRUN + "resourceUsage"}]
+SPDX = "https://spdx.org/licenses/"
+NOT_FILES = ("", "-", "-c", "-m")  # argv[0] of `python -`, `python -c ...`, `python -m ...`: no script file
 PROFILES = {
     "https://w3id.org/ro/wfrun/process/0.5": "Process Run Crate",
     "https://w3id.org/ro/wfrun/workflow/0.5": "Workflow Run Crate",
@@ -35,6 +43,8 @@ PROFILES = {
     "https://w3id.org/workflowhub/workflow-ro-crate/1.0": "Workflow RO-Crate",
 }
 PROV_JSON = "https://www.w3.org/submissions/prov-json/"
+WROC = "https://w3id.org/workflowhub/workflow-ro-crate/1.0"
+# actionStatus values, as the plain strings roc-validator expects (Process Run Crate 0.5)
 COMPLETED = "http://schema.org/CompletedActionStatus"
 FAILED = "http://schema.org/FailedActionStatus"
 ACTIVE = "http://schema.org/ActiveActionStatus"
@@ -49,21 +59,26 @@ _ENERGY = (
 )
 
 
-def write_crate(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> str:
+def write_crate(
+    run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, license: str | None = None
+) -> str:
     """Write the run's RO-Crate; return its path (the run directory, the new directory, or the zip file).
 
     Args:
         run_dir: the run directory (merged or not).
         out: None: in place (RUN_DIR/ro-crate-metadata.json); a path ending in ``.zip``: a zip crate; any other
             path: a new (or empty) directory crate.
+        license: the crate's license: an SPDX identifier (``CC-BY-4.0``) or a URL; default PROV4ML_HPC_LICENSE,
+            else a sentence saying that none was given (RO-Crate requires a license; only the run's owner can
+            choose one).
 
     Raises:
         ConfigError: run_dir is not a run directory.
         ExportError: out exists and is not an empty directory, or a file cannot be written.
     """
     run_dir = os.path.abspath(os.fspath(run_dir))
-    info = load_run(run_dir, values=False)
-    meta, local = crate_metadata(info)
+    info = load_info(run_dir)
+    meta, local = crate_metadata(info, license=settings.get(settings.LICENSE, override=license))
     text = json.dumps(meta, indent=2, ensure_ascii=False, default=str)
     try:
         if out is None:
@@ -93,6 +108,11 @@ def write_crate(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
         raise ExportError(f"cannot write the RO-Crate to {out or run_dir}: {exc}") from exc
 
 
+def load_info(run_dir: str) -> RunInfo:
+    """The run as the crate reads it (the one place that loads it: the read model can be swapped in here)."""
+    return load_run(run_dir, values=False)
+
+
 def _atomic_write(path: str, text: str) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -101,7 +121,10 @@ def _atomic_write(path: str, text: str) -> None:
 
 
 def _iso(t: float | None) -> str | None:
-    return _dt.datetime.fromtimestamp(t, tz=_dt.UTC).isoformat() if t is not None else None
+    """Unix seconds as ISO 8601 with milliseconds (roc-validator's datetime pattern refuses microseconds)."""
+    if t is None:
+        return None
+    return _dt.datetime.fromtimestamp(t, tz=_dt.UTC).isoformat(timespec="milliseconds")
 
 
 def _file_uri(path: str) -> str:
@@ -130,11 +153,16 @@ class _Graph:
 
 
 def _ref(ids: list[str] | str) -> Any:
-    return [{"@id": i} for i in ids] if isinstance(ids, list) else {"@id": ids}
+    """A reference, or a list of them; a one-item list as a single reference (RO-Crate 1.1's compact form)."""
+    if isinstance(ids, list):
+        return {"@id": ids[0]} if len(ids) == 1 else [{"@id": i} for i in ids]
+    return {"@id": ids}
 
 
-def crate_metadata(info: RunInfo) -> tuple[dict[str, Any], list[str]]:
-    """The ro-crate-metadata.json content and the run-relative paths of the files the crate holds."""
+def crate_metadata(info: RunInfo, *, license: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The ro-crate-metadata.json content and the run-relative paths of the files the crate holds.
+
+    ``license``: an SPDX identifier or a URL (None: a sentence saying that none was given)."""
     g = _Graph()
     run_dir = info.run_dir
     main = info.main_rank()
@@ -204,41 +232,28 @@ def crate_metadata(info: RunInfo) -> tuple[dict[str, Any], list[str]]:
             if ident not in parts:
                 parts.append(ident)
 
-    # the script: the workflow
-    script = script_of(info)
-    python = g.add(
+    # the workflow (the training script that srun/mpiexec ran on every rank), its one step and its tool
+    workflow = _workflow(g, info, a)
+    parts.insert(0, workflow)
+    tool = g.add(
         {
-            "@id": "#python",
-            "@type": "ComputerLanguage",
-            "name": "Python",
-            "identifier": {"@id": "https://www.python.org/"},
-            "url": {"@id": "https://www.python.org/"},
-            "version": a.get(schema.A_PYTHON_VERSION),
+            "@id": "#rank-program",
+            "@type": "SoftwareApplication",
+            "name": "the program of each rank: " + (_command_line(a) or "python"),
+            "description": "what every rank process ran (the same on every rank); one CreateAction per rank",
         }
     )
     step = g.add(
         {
             "@id": "#step-rank",
             "@type": "HowToStep",
-            "name": "one rank of the job (all ranks run the same script)",
+            "name": "one rank of the job (all ranks run the same program)",
             "position": "0",
+            "workExample": _ref(tool),
         }
     )
-    script_id = (
-        _file_uri(script) if script and os.path.isabs(script) else f"#script-{quote(script or 'unknown')}"
-    )
-    g.add(
-        {
-            "@id": script_id,
-            "@type": ["File", "SoftwareSourceCode", "ComputationalWorkflow"],
-            "name": os.path.basename(script or "unknown script"),
-            "programmingLanguage": _ref(python),
-            "sha256": _sha256(script) if script else None,
-            "step": _ref([step]),
-            "description": "the training script (argv[0] of the ranks)",
-        }
-    )
-    parts.insert(0, script_id)
+    g.entities[workflow]["hasPart"] = _ref([tool])
+    g.entities[workflow]["step"] = _ref([step])
 
     # agents
     user = a.get("user") or job.get("user")
@@ -291,12 +306,12 @@ def crate_metadata(info: RunInfo) -> tuple[dict[str, Any], list[str]]:
             "description": f"{info.world_size} ranks, attempts {', '.join(map(str, info.attempts))}",
             "identifier": str(job_id) if job_id else run_id,
             "agent": _ref(agent) if agent else None,
-            "instrument": _ref(script_id),
+            "instrument": _ref(workflow),
             "object": _ref(list(dict.fromkeys(inputs))),
             "result": _ref(list(dict.fromkeys(outputs))),
             "startTime": _iso(start),
             "endTime": None if running else _iso(end),
-            "actionStatus": _ref(ACTIVE if running else COMPLETED if ok else FAILED),
+            "actionStatus": ACTIVE if running else COMPLETED if ok else FAILED,
             "error": None
             if ok or running
             else "ranks not completed: "
@@ -304,31 +319,32 @@ def crate_metadata(info: RunInfo) -> tuple[dict[str, Any], list[str]]:
             "resourceUsage": _ref(usage) if usage else None,
         }
     )
-    controls = []
+    controls, rank_actions = [], []
     for r in info.ranks:
         if r.status == schema.STATUS_MISSING:
             continue
         rid = f"#rank-{r.global_rank:05d}-attempt-{r.attempt}"
-        g.add(
-            {
-                "@id": rid,
-                "@type": "CreateAction",
-                "name": f"rank {r.global_rank} attempt {r.attempt} ({r.status})",
-                "instrument": _ref(script_id),
-                "agent": _ref(agent) if agent else None,
-                "startTime": _iso(r.attrs.get(schema.A_START_UNIX)),
-                "endTime": _iso(r.attrs.get(schema.A_END_UNIX) or r.attrs.get(schema.A_LAST_FLUSH_UNIX)),
-                "actionStatus": _ref(
-                    COMPLETED
-                    if r.status == schema.STATUS_COMPLETED
-                    else ACTIVE
-                    if r.status == schema.STATUS_RUNNING
-                    else FAILED
-                ),
-                "error": None
-                if r.status in (schema.STATUS_COMPLETED, schema.STATUS_RUNNING)
-                else f"{r.status}: {r.reason or ''}".strip(),
-            }
+        done = r.status == schema.STATUS_COMPLETED
+        live = r.status == schema.STATUS_RUNNING
+        rank_actions.append(
+            g.add(
+                {
+                    "@id": rid,
+                    "@type": "CreateAction",
+                    "name": f"rank {r.global_rank} attempt {r.attempt} ({r.status})",
+                    "description": f"rank {r.global_rank} of {info.world_size}"
+                    + (f" on {r.node}" if r.node else "")
+                    + (f", attempt {r.attempt}" if r.attempt else ""),
+                    "instrument": _ref(tool),
+                    "agent": _ref(agent) if agent else None,
+                    "startTime": _iso(r.attrs.get(schema.A_START_UNIX)),
+                    "endTime": None
+                    if live
+                    else _iso(r.attrs.get(schema.A_END_UNIX) or r.attrs.get(schema.A_LAST_FLUSH_UNIX)),
+                    "actionStatus": COMPLETED if done else ACTIVE if live else FAILED,
+                    "error": None if done or live else f"{r.status}: {r.reason or ''}".strip(),
+                }
+            )
         )
         controls.append(
             g.add(
@@ -367,19 +383,77 @@ def crate_metadata(info: RunInfo) -> tuple[dict[str, Any], list[str]]:
         "description": f"Provenance and metrics of the ML training run {run_id} (experiment "
         f"{a.get(schema.A_EXPERIMENT) or '?'}), recorded by prov4ml-hpc.",
         "datePublished": now,
+        "license": _license(g, license, user),
+        "author": _ref(agent) if agent else None,
         "conformsTo": _ref(profiles),
-        "mainEntity": _ref(script_id),
+        "mainEntity": _ref(workflow),
         "hasPart": _ref(list(dict.fromkeys(parts))),
-        "mentions": _ref([job_action, organize]),
+        "mentions": _ref([job_action, organize, *rank_actions, *controls]),
     }
     descriptor = {
         "@id": METADATA,
         "@type": "CreativeWork",
-        "conformsTo": {"@id": RO_CRATE},
+        "conformsTo": _ref([RO_CRATE, WROC]),
         "about": {"@id": "./"},
     }
+    root = {k: value for k, value in root.items() if value is not None}
     graph = [descriptor, root, *g.entities.values()]
     return {"@context": CONTEXT, "@graph": graph}, list(dict.fromkeys(local))
+
+
+def _command_line(a: dict[str, Any]) -> str | None:
+    argv = a.get(schema.A_ARGV)
+    if not isinstance(argv, list) or not argv:
+        return None
+    text = " ".join(shlex.quote(str(x)) for x in argv)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _workflow(g: _Graph, info: RunInfo, a: dict[str, Any]) -> str:
+    """The training script as the crate's main workflow: a ``file://`` URI of its absolute path (a relative
+    argv[0] is resolved against the rank's working directory; it is never a File inside the crate that is not
+    there), or ``#training-script`` when the ranks ran no script file (``python -c``)."""
+    script = script_of(info)
+    path = None
+    if script and script not in NOT_FILES:
+        cwd = a.get(schema.A_CWD)
+        path = script if os.path.isabs(script) else (os.path.join(cwd, script) if cwd else None)
+        path = os.path.normpath(path) if path else None
+    python = g.add(
+        {
+            "@id": "#python",
+            "@type": "ComputerLanguage",
+            "name": "Python",
+            "identifier": {"@id": "https://www.python.org/"},
+            "url": {"@id": "https://www.python.org/"},
+            "version": a.get(schema.A_PYTHON_VERSION),
+        }
+    )
+    ident = _file_uri(path) if path else "#training-script"
+    return g.add(
+        {
+            "@id": ident,
+            "@type": ["File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"],
+            "name": os.path.basename(path) if path else (script or "unknown script"),
+            "programmingLanguage": _ref(python),
+            "encodingFormat": "text/x-python",
+            "sha256": _sha256(path) if path else None,
+            "description": "the training script (argv[0] of the ranks), run on every rank by srun or mpiexec",
+        }
+    )
+
+
+def _license(g: _Graph, license: str | None, user: Any) -> Any:
+    """The root's license: a contextual entity for an SPDX id or URL, else a sentence (RO-Crate allows text)."""
+    if not license:
+        owner = f" ({user})" if user else ""
+        return (
+            f"No license was given when this crate was exported: ask the run's owner{owner} before reuse "
+            "(prov4ml-hpc export --license, or PROV4ML_HPC_LICENSE)."
+        )
+    uri = license if "://" in license else SPDX + quote(license)
+    g.add({"@id": uri, "@type": "CreativeWork", "name": license, "identifier": license})
+    return _ref(uri)
 
 
 def _artifact_entity(

@@ -48,12 +48,22 @@ RANK_FILE = PROV4ML["RankFile"]
 USER = PROV4ML["User"]
 SUBMITTER = PROV4ML["Submitter"]
 SOFTWARE = PROV4ML["Software"]
+COMMAND = PROV4ML["Command"]  # the command line that started the ranks (when SLURM gave no job script)
+NODE_PROCESS = PROV4ML["NodeProcess"]  # the ranks of one node, one attempt (node-level graphs)
 
 SERIES_TYPES = {schema.KIND_METRIC: METRIC_SERIES, schema.KIND_SYSTEM: SYSTEM_SERIES}
 ARTIFACT_TYPES = {schema.REC_ARTIFACT: ARTIFACT, schema.REC_MODEL: MODEL, schema.REC_DATASET: DATASET}
 
 ROLE_INPUT = "input"
 ROLE_OUTPUT = "output"
+
+# ---- graph detail levels -------------------------------------------------------------------------------
+LEVEL_AUTO, LEVEL_JOB, LEVEL_NODE, LEVEL_RANK = "auto", "job", "node", "rank"
+LEVELS = (LEVEL_AUTO, LEVEL_JOB, LEVEL_NODE, LEVEL_RANK)
+AUTO_RECORDS = 5000  # "auto" picks the most detailed level whose graph stays within this many records
+
+# ---- labels (yProv Explorer v2 cuts a label longer than 18 characters to 10 + "..." + 3) -----------------
+LABEL_WIDTH = 18
 
 # ---- attribute names (local names in the prov4ml namespace) ---------------------------------------------
 # identity and placement (the same words as the rank files)
@@ -83,6 +93,27 @@ FORMAT = schema.A_FORMAT
 SCHEMA_VERSION = schema.A_SCHEMA_VERSION
 VERSION = "version"
 USER_NAME = "user"
+FULL_LABEL = "full_label"  # the long, descriptive label when prov:label had to be shortened
+ROLES = "roles"  # of a person agent: "user", "submitter" or "user,submitter"
+GRAPH_LEVEL = "graph_level"  # on the job: the detail level of this document (job, node or rank)
+COMMAND_LINE = "command_line"
+ESCAPED_ATTRIBUTES = "escaped_attributes"  # the attributes of a record escaped for a format (export.py)
+
+# aggregates over ranks (job- and node-level graphs)
+RANKS = "ranks"  # the global ranks, as compact ranges ("0-3,8")
+NRANKS = "nranks"
+STATUS_COUNTS = "status_counts"  # JSON {status: number of rank-attempts}
+RANKS_NOT_COMPLETED = "ranks_not_completed"
+DISTINCT_VALUES = "distinct_values"  # a parameter or artifact whose ranks disagree: how many values
+VALUES = "values"  # JSON list of the first distinct values (at most MAX_LISTED)
+LAST_MIN = "last_min"  # min/max/mean over ranks of each rank's last value
+LAST_MAX = "last_max"
+LAST_MEAN = "last_mean"
+COUNT_MIN = "count_min"
+COUNT_MAX = "count_max"
+AGGREGATES = "aggregates"  # HDF5 path of the per-step statistics across ranks in run.h5
+SERIES_GROUP = "series_group"  # HDF5 group in run.h5 holding one dataset per rank-attempt
+MAX_LISTED = 8
 
 # SLURM job
 JOB_NAME = "job_name"
@@ -171,6 +202,55 @@ def escape_component(name: str | None) -> str:
         return text
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return f"{text[:48]}-h{digest}"
+
+
+def js_length(text: str) -> int:
+    """The length of ``text`` as JavaScript counts it (UTF-16 code units): what yProv Explorer cuts."""
+    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+
+
+_UNSHOWN = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def shown_text(text: str) -> str:
+    """``text`` safe to show in a label: control characters and lone surrogates become U+FFFD."""
+    return _UNSHOWN.sub("\ufffd", text)
+
+
+def fit_label(head: str, tail: str = "", width: int = LABEL_WIDTH) -> str:
+    """``head + tail`` in at most ``width`` UTF-16 code units: a long head is cut and marked with "…".
+
+    The tail (a rank, a suffix that tells nodes apart) is kept whole when it leaves room for a few characters
+    of the head, so that labels of the same name on different ranks stay different after shortening.
+    """
+    head, tail = shown_text(head), shown_text(tail)
+    if js_length(head) + js_length(tail) <= width:
+        return head + tail
+    if js_length(tail) > width - 4:
+        head, tail = head + tail, ""
+    room = width - js_length(tail) - 1
+    out, used = [], 0
+    for ch in head:
+        n = 2 if ord(ch) > 0xFFFF else 1
+        if used + n > room:
+            break
+        out.append(ch)
+        used += n
+    return "".join(out) + "\u2026" + tail
+
+
+def rank_ranges(ranks: list[int]) -> str:
+    """Sorted global ranks as compact ranges: [0, 1, 2, 3, 8] -> "0-3,8"."""
+    out: list[str] = []
+    values = sorted(set(ranks))
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        out.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
+        i = j + 1
+    return ",".join(out)
 
 
 def attribute_word(key: str) -> str:

@@ -118,6 +118,7 @@ def start_run(
     system_metrics: bool | None = None,
     sample_interval: float | None = None,
     gather: bool | None = None,
+    graph: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Run:
     """Start this process's run and open its rank file.
@@ -132,6 +133,7 @@ def start_run(
         system_metrics: sample CPU/memory/GPU/energy in a thread (default True, see docs/metrics.md).
         sample_interval: seconds between system samples (default 1.0).
         gather: under MPI, let rank 0 write run.h5 and provenance.json at end_run (default True).
+        graph: detail level of that provenance.json: "auto" (default, PROV4ML_HPC_GRAPH), "job", "node", "rank".
         environ: environment to read instead of os.environ (tests).
 
     Returns:
@@ -172,7 +174,7 @@ def start_run(
         _configure_logging(identity.global_rank, identity.node)
         # every setting is checked before anything collective (the run id may be agreed over MPI) or on disk
         options = lifecycle.resolve(
-            env, system_metrics=system_metrics, sample_interval=sample_interval, gather=gather
+            env, system_metrics=system_metrics, sample_interval=sample_interval, gather=gather, graph=graph
         )
         config = RecorderConfig(
             flush_interval=settings.get(settings.FLUSH_INTERVAL, env, flush_interval),

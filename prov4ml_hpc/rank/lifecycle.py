@@ -21,10 +21,16 @@ class Options:
     sample_interval: float
     gather: bool
     gather_timeout: float
+    graph: str = "auto"  # detail level of the graph the in-job gather writes (PROV4ML_HPC_GRAPH)
 
 
 def resolve(
-    env: Mapping[str, str], *, system_metrics: bool | None, sample_interval: float | None, gather: bool | None
+    env: Mapping[str, str],
+    *,
+    system_metrics: bool | None,
+    sample_interval: float | None,
+    gather: bool | None,
+    graph: str | None = None,
 ) -> Options:
     """Arguments over environment variables, every value checked now (setup errors fail fast).
 
@@ -38,6 +44,7 @@ def resolve(
         sample_interval=settings.get(settings.SAMPLE_INTERVAL, env, sample_interval),
         gather=settings.get(settings.GATHER, env, gather),
         gather_timeout=settings.get(settings.GATHER_TIMEOUT, env),
+        graph=settings.get(settings.GRAPH, env, graph),
     )
 
 

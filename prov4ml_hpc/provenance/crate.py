@@ -23,7 +23,8 @@ from urllib.parse import quote
 from .. import schema
 from .._version import __version__
 from ..errors import ExportError
-from ..view.inspect import RunInfo, energy_totals, load_run, script_of, time_span
+from ..merge.load import load_run
+from ..merge.model import RunSummary
 
 METADATA = "ro-crate-metadata.json"
 RO_CRATE = "https://w3id.org/ro/crate/1.1"
@@ -62,8 +63,8 @@ def write_crate(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
         ExportError: out exists and is not an empty directory, or a file cannot be written.
     """
     run_dir = os.path.abspath(os.fspath(run_dir))
-    info = load_run(run_dir, values=False)
-    meta, local = crate_metadata(info)
+    run = load_run(run_dir, values=False)
+    meta, local = crate_metadata(run)
     text = json.dumps(meta, indent=2, ensure_ascii=False, default=str)
     try:
         if out is None:
@@ -133,14 +134,16 @@ def _ref(ids: list[str] | str) -> Any:
     return [{"@id": i} for i in ids] if isinstance(ids, list) else {"@id": ids}
 
 
-def crate_metadata(info: RunInfo) -> tuple[dict[str, Any], list[str]]:
+def crate_metadata(run: RunSummary) -> tuple[dict[str, Any], list[str]]:
     """The ro-crate-metadata.json content and the run-relative paths of the files the crate holds."""
+    import dataclasses
+
     g = _Graph()
-    run_dir = info.run_dir
-    main = info.main_rank()
-    a = main.attrs if main is not None else {}
-    run_id = str(a.get(schema.A_RUN_ID) or os.path.basename(run_dir))
-    job = info.job
+    run_dir = run.run_dir
+    main = run.main_rank()
+    a = main.meta if main is not None else {}
+    run_id = run.run_id
+    job = dataclasses.asdict(run.job)
     local: list[str] = []
     parts: list[str] = []
 
@@ -174,7 +177,7 @@ def crate_metadata(info: RunInfo) -> tuple[dict[str, Any], list[str]]:
             extra = {"conformsTo": {"@id": PROV_JSON}} if rel == schema.PROV_FILE else {}
             outputs.append(local_file(rel, encodingFormat=fmt, description=desc, **extra))
     if schema.RUN_FILE not in local:  # not merged: the rank files are the record
-        for r in info.ranks:
+        for r in run.ranks:
             if r.file and os.path.exists(os.path.join(run_dir, r.file)):
                 outputs.append(
                     local_file(
@@ -192,7 +195,7 @@ def crate_metadata(info: RunInfo) -> tuple[dict[str, Any], list[str]]:
     # inputs and outputs the script logged (datasets, models, artifacts)
     inputs: list[str] = []
     seen: set[str] = set()
-    for r in info.ranks:
+    for r in run.ranks:
         for rec in r.records:
             kind = rec.get("type")
             if kind not in (schema.REC_ARTIFACT, schema.REC_MODEL, schema.REC_DATASET):
@@ -205,7 +208,7 @@ def crate_metadata(info: RunInfo) -> tuple[dict[str, Any], list[str]]:
                 parts.append(ident)
 
     # the script: the workflow
-    script = script_of(info)
+    script = run.script()
     python = g.add(
         {
             "@id": "#python",
@@ -241,7 +244,7 @@ def crate_metadata(info: RunInfo) -> tuple[dict[str, Any], list[str]]:
     parts.insert(0, script_id)
 
     # agents
-    user = a.get("user") or job.get("user")
+    user = run.user or job.get("user")
     agent = (
         g.add({"@id": f"#person-{quote(str(user))}", "@type": "Person", "name": str(user)}) if user else None
     )
@@ -257,7 +260,7 @@ def crate_metadata(info: RunInfo) -> tuple[dict[str, Any], list[str]]:
 
     # energy as resource usage
     usage = []
-    totals = energy_totals(info.ranks)
+    totals = run.totals
     for key, name, unit in _ENERGY:
         if isinstance(totals.get(key), int | float):
             usage.append(
@@ -274,8 +277,8 @@ def crate_metadata(info: RunInfo) -> tuple[dict[str, Any], list[str]]:
             )
 
     # the job and its ranks
-    start, end = time_span(info.ranks)
-    latest = info.latest()
+    start, end = run.time_span()
+    latest = run.latest()
     statuses = {r.status for r in latest}
     running = schema.STATUS_RUNNING in statuses
     ok = statuses == {schema.STATUS_COMPLETED}
@@ -288,7 +291,7 @@ def crate_metadata(info: RunInfo) -> tuple[dict[str, Any], list[str]]:
             "name": (f"SLURM job {job_id}" + (f" ({job['name']})" if job.get("name") else ""))
             if job_id
             else f"run {run_id}",
-            "description": f"{info.world_size} ranks, attempts {', '.join(map(str, info.attempts))}",
+            "description": f"{run.world_size} ranks, attempts {', '.join(map(str, run.attempts))}",
             "identifier": str(job_id) if job_id else run_id,
             "agent": _ref(agent) if agent else None,
             "instrument": _ref(script_id),
@@ -305,7 +308,7 @@ def crate_metadata(info: RunInfo) -> tuple[dict[str, Any], list[str]]:
         }
     )
     controls = []
-    for r in info.ranks:
+    for r in run.ranks:
         if r.status == schema.STATUS_MISSING:
             continue
         rid = f"#rank-{r.global_rank:05d}-attempt-{r.attempt}"
@@ -316,8 +319,8 @@ def crate_metadata(info: RunInfo) -> tuple[dict[str, Any], list[str]]:
                 "name": f"rank {r.global_rank} attempt {r.attempt} ({r.status})",
                 "instrument": _ref(script_id),
                 "agent": _ref(agent) if agent else None,
-                "startTime": _iso(r.attrs.get(schema.A_START_UNIX)),
-                "endTime": _iso(r.attrs.get(schema.A_END_UNIX) or r.attrs.get(schema.A_LAST_FLUSH_UNIX)),
+                "startTime": _iso(r.start_time),
+                "endTime": _iso(r.end_time),
                 "actionStatus": _ref(
                     COMPLETED
                     if r.status == schema.STATUS_COMPLETED

@@ -399,7 +399,7 @@ def import_yprov4ml(
         attrs: dict[str, Any] = {
             schema.A_RUN_ID: run_id,
             schema.A_EXPERIMENT: exp,
-            "run_id_source": "yprov4ml-import",
+            schema.A_RUN_ID_SOURCE: "yprov4ml-import",
             schema.A_JOB_ID: None,
             schema.A_GLOBAL_RANK: rank,
             schema.A_LOCAL_RANK: 0,
@@ -411,7 +411,7 @@ def import_yprov4ml(
             schema.A_START_TIME: _dt.datetime.fromtimestamp(start, _dt.UTC).isoformat(),
             schema.A_PYTHON_VERSION: str(act.get("python_version") or "").split(" ")[0] or None,
             schema.A_PACKAGE_VERSION: __version__,
-            "user": prov["user"],
+            schema.A_USER: prov["user"],
             schema.A_STATUS: schema.STATUS_COMPLETED if complete else schema.STATUS_RUNNING,
             schema.A_STATUS_REASON: ""
             if complete

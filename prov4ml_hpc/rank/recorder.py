@@ -416,7 +416,7 @@ class Recorder:
                     schema.A_TOTALS: dict(self._totals),
                 }
                 if self.dropped_rows:
-                    attrs["dropped_rows"] = self.dropped_rows
+                    attrs[schema.A_DROPPED_ROWS] = self.dropped_rows
                 try:
                     self._writer.set_attrs(attrs)
                     self._writer.flush()

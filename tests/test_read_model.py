@@ -315,7 +315,16 @@ def test_paths_do_not_change_the_graph(run_root, tmp_path, monkeypatch):
     merge_run(os.path.basename(d), query_slurm=False)  # relative, from another directory
     with open(os.path.join(d, schema.PROV_FILE), "rb") as f:
         assert f.read() == first
-    assert os.path.realpath(d).encode() in first  # the run directory is named, resolved
+    real = os.path.realpath(d)
+    assert first.count(f'"{real}"'.encode()) == 1  # the job's run_dir, resolved; nothing else names it
+    import shutil
+
+    elsewhere = str(tmp_path / "moved" / "exp" / "m1")
+    shutil.copytree(os.path.join(d, "ranks"), os.path.join(elsewhere, "ranks"))
+    merge_run(elsewhere, query_slurm=False)
+    with open(os.path.join(elsewhere, schema.PROV_FILE), "rb") as f:
+        moved = f.read()
+    assert moved != first and moved == first.replace(f'"{real}"'.encode(), f'"{elsewhere}"'.encode())
 
 
 def _sha(d, name):

@@ -134,8 +134,10 @@ def load_rank_files(
     for global_rank, attempt, rel in found:
         r, rf = verdict.open_rank(run_dir, global_rank, attempt, rel, live=live)
         if rf is not None and values:
-            stats, r.rows = scan_rank(rf)
-            r.series = stats
+            try:
+                r.series, r.rows = scan_rank(rf)
+            except Exception as exc:  # noqa: BLE001 - e.g. a live writer mid-flush: the header still counts
+                r.read_problems.append(f"its rows could not be read ({type(exc).__name__}: {exc})")
         verdict.set_contexts(r)
         ranks.append(r)
     ranks, world, notes = verdict.add_missing(ranks)

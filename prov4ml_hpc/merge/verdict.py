@@ -48,6 +48,12 @@ def open_rank(
     except (RankFileError, OSError) as exc:
         r.status, r.reason = schema.STATUS_CORRUPT, str(exc)
         return r, None
+    except Exception as exc:  # noqa: BLE001 - a bad rank file is a verdict, never a crash of its reader
+        r.status, r.reason = (
+            schema.STATUS_CORRUPT,
+            f"rank file {path} cannot be read: {type(exc).__name__}: {exc}",
+        )
+        return r, None
     a = rf.attrs
     r.status, r.reason = rf.status, a.get(schema.A_STATUS_REASON) or None
     if not rf.closed_cleanly:
@@ -136,7 +142,8 @@ def fill_rank(r: RankSummary, a: dict[str, Any], records: list[dict[str, Any]]) 
     if r.status in (schema.STATUS_PARTIAL, schema.STATUS_RUNNING) or not isinstance(end, int | float):
         end = a.get(schema.A_LAST_FLUSH_UNIX)
     r.local_rank = _int(a.get(schema.A_LOCAL_RANK))
-    r.node = a.get(schema.A_NODE) or None
+    node = a.get(schema.A_NODE)
+    r.node = str(node) if node not in (None, "") else None
     r.pid = _int(a.get(schema.A_PID))
     r.start_time = _float(a.get(schema.A_START_UNIX))
     r.end_time = _float(end)
@@ -147,6 +154,8 @@ def fill_rank(r: RankSummary, a: dict[str, Any], records: list[dict[str, Any]]) 
     r.params, r.artifacts, r.events = [], [], []
     rank = r.global_rank
     for rec in records:
+        if not isinstance(rec, dict):
+            continue
         kind, t = rec.get("type"), _float(rec.get("time")) or 0.0
         if kind == schema.REC_PARAM:
             r.params.append(ParamRecord(str(rec.get("name")), rec.get("value"), rec.get("context"), rank, t))
@@ -184,6 +193,8 @@ def set_contexts(r: RankSummary) -> None:
             continue
         spans.setdefault(x.context, []).extend((x.first_time, x.last_time))
     for rec in r.records:
+        if not isinstance(rec, dict):
+            continue
         ctx, t = rec.get("context"), _float(rec.get("time"))
         if isinstance(ctx, str) and t is not None and rec.get("type") != schema.REC_PROBLEM:
             spans.setdefault(ctx, []).append(t)

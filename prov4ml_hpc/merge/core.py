@@ -96,7 +96,8 @@ def merge_run(
         The MergeResult (the same on every process of ``comm``).
 
     Raises:
-        MergeError: no rank files, strict mode found problems, or an output could not be written.
+        MergeError: no rank files, strict mode found problems, building the outputs failed (then run.h5 and
+            provenance.json are as they were), or an output could not be renamed into place.
     """
     t0 = time.perf_counter()
     run_dir = os.path.realpath(os.fspath(run_dir))  # the graph names it: the same whatever path led here

@@ -87,6 +87,17 @@ A_LAST_FLUSH_UNIX = "last_flush_unix"
 A_LAST_FLUSH_MONOTONIC = "last_flush_monotonic"
 A_PROBLEMS = "problems"  # JSON {reason: count}
 A_TOTALS = "totals"  # JSON, e.g. energy totals written at close by the samplers
+A_RUN_ID_SOURCE = "run_id_source"  # how the run id was found: explicit, env, slurm, torchrun, mpi, local
+A_SLURM = "slurm"  # JSON: the SLURM job facts of the rank's environment
+A_USER = "user"
+A_HOSTNAME = "hostname"  # the process's host (gethostname), beside node (SLURMD_NODENAME or the short host)
+A_SOURCE = "source"  # JSON: the script's sha256 and git state
+A_DISTRIBUTIONS = "distributions"  # JSON: installed distributions (local rank 0 of each node)
+A_DROPPED_ROWS = "dropped_rows"  # rows lost after a write failure (present only then)
+# attributes whose value is JSON text, in rank files and in run.h5 (/ranks/<stem> and the root)
+JSON_ATTRS = frozenset(
+    {A_ARGV, A_ENV, A_PACKAGES, A_PROBLEMS, A_HARDWARE, A_TOTALS, A_SLURM, A_SOURCE, A_DISTRIBUTIONS}
+)
 
 # ---- rank status words ----------------------------------------------------------------------------------
 STATUS_RUNNING = "running"  # written at start; still there after a kill -9 -> the merge says "partial"
@@ -98,6 +109,52 @@ STATUS_PARTIAL = "partial"  # merge's verdict on a file left "running" by a dead
 STATUS_MISSING = "missing"  # merge: expected rank with no file
 STATUS_CORRUPT = "corrupt"  # merge: file that cannot be read
 FINAL_STATUSES = (STATUS_COMPLETED, STATUS_FAILED, STATUS_CANCELLED, STATUS_SIGNALLED)
+
+# ---- run.h5, the merged run file (docs/format-run.md) ----------------------------------------------------
+G_JOB = "job"  # attributes: the JobInfo fields
+G_RANKS = "ranks"  # /ranks/<stem>: one group per rank file and per missing rank
+G_SERIES = "series"  # /series/<ctx>/<name>/<stem>: the rows of one series of one rank
+G_AGGREGATES = "aggregates"  # /aggregates/<ctx>/<name>/attempt-K: per-step statistics across ranks
+DS_RANK_RECORDS = "records"  # /ranks/<stem>/records: the rank's JSON records
+DS_RUN_INDEX = (
+    "index"  # /index: one JSON object per rank (attributes, records, series statistics): read at once
+)
+# root attributes (besides format, schema_version, run_id, experiment, world_size, job_id, package_version, user)
+A_STATUSES = "statuses"  # JSON {verdict: number of ranks}
+A_RANK_FILES = "rank_files"  # number of rank files merged
+# also on the root, with the rank files' names: problems (JSON list of the merge's findings, one line each) and
+# totals (JSON: the job's totals, docs/metrics.md "Job totals")
+A_PROVENANCE_SHA256 = "provenance_sha256"  # sha256 of the provenance.json written by the same merge
+A_MERGE_TIME = "merge_time"
+A_MERGE_UNIX = "merge_time_unix"
+A_MERGE_PROCESSES = "merge_processes"
+A_MERGED_BY = "merged_by"
+VOLATILE_ATTRS = frozenset({A_MERGE_TIME, A_MERGE_UNIX, A_MERGE_PROCESSES, A_MERGED_BY})  # differ per merge
+RUN_JSON_ATTRS = JSON_ATTRS | {A_STATUSES}
+# /ranks/<stem> attributes besides the rank file's own: the merge's verdict and what it saw of the file
+A_FILE_STATUS = "file_status"  # the status written in the rank file (status holds the verdict)
+A_FILE_STATUS_REASON = (
+    "file_status_reason"  # the reason written in the rank file (status_reason: the verdict's)
+)
+A_FILE = "file"  # ranks/rank-NNNNN.h5, relative to the run directory ("" for a missing rank)
+A_ROWS = "rows"  # rows merged
+A_FILE_SIZE = "file_size"  # bytes of the rank file when the merge read it
+A_FILE_MTIME_NS = "file_mtime_ns"  # its modification time then (ns): a later change makes run.h5 stale
+# attributes of /series/<ctx>/<name> and /aggregates/<ctx>/<name> groups, and of the series datasets
+A_NAME = "name"
+A_CONTEXT = "context"
+A_KIND = "kind"
+A_UNIT = "unit"
+# statistics of one series of one rank, on its dataset (empty series: count 0, steps -1, the rest NaN)
+A_COUNT = "count"
+A_NONFINITE = "nonfinite"
+A_FIRST_STEP = "first_step"
+A_LAST_STEP = "last_step"
+A_MIN = "min"  # over finite values
+A_MAX = "max"
+A_LAST = "last"  # the value with the latest time
+A_FIRST_TIME = "first_time"
+A_LAST_TIME = "last_time"
 
 # ---- record types in DS_RECORDS -------------------------------------------------------------------------
 REC_PARAM = "param"

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 import prov4ml_hpc as p4
-from prov4ml_hpc.merge import runfile
+from prov4ml_hpc import schema
 
 
 def make_rank(
@@ -27,11 +27,32 @@ def make_rank(
     return run
 
 
+def make_energy_run(root: str, run_id: str = "energy") -> str:
+    """Three ranks on two nodes with energy totals as the samplers write them at close (their sink,
+    ``recorder.update_totals``; no GPU here).  Local rank 0 of node-a reports every GPU of its node, rank 1
+    (local rank 1 there) its own GPU-b: one NVML counter seen by two ranks.  codecarbon's come once per node.
+    The job's totals: energy_kwh 0.75, emissions 0.15, gpu_energy_j 650 (300 + max(250, 200) + 100), 3 GPUs."""
+    values = {
+        0: {"energy_kwh": 0.5, "emissions_kg_co2eq": 0.1, "gpu_energy_j": {"GPU-a": 300.0, "GPU-b": 250.0}},
+        1: {"gpu_energy_j": {"GPU-b": 200.0}},
+        2: {"energy_kwh": 0.25, "emissions_kg_co2eq": 0.05, "gpu_energy_j": {"GPU-c": 100.0}},
+    }
+    nodes = {0: ("node-a", 0), 1: ("node-a", 1), 2: ("node-b", 0)}
+    for rank in range(3):
+        node, local = nodes[rank]
+        env = {"PMI_RANK": str(rank), "PMI_SIZE": "3", "PMI_LOCAL_RANK": str(local), "SLURMD_NODENAME": node}
+        run = p4.start_run("exp", root, run_id=run_id, system_metrics=False, gather=False, environ=env)
+        p4.log_metric("loss", 1.0, step=0)
+        run.recorder.update_totals(values[rank])
+        p4.end_run()
+    return run_dir(root, run_id)
+
+
 def run_dir(root: str, run_id: str = "m1") -> str:
     return os.path.join(root, "exp", run_id)
 
 
-def dump_h5(path: str, skip_attrs=runfile.VOLATILE_ATTRS) -> dict:
+def dump_h5(path: str, skip_attrs=schema.VOLATILE_ATTRS) -> dict:
     """Everything in an HDF5 file (attributes and data), for equality checks; volatile root attrs left out."""
     out: dict = {}
 

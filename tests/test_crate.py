@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from test_inspect import make_run
 
+from prov4ml_hpc.merge.load import load_run
 from prov4ml_hpc.provenance.crate import COMPLETED, FAILED, METADATA, PROFILES, crate_metadata, write_crate
-from prov4ml_hpc.view.inspect import load_run
 
 rocrate = pytest.importorskip("rocrate.rocrate")
 CONTEXT_FILE = Path(__file__).parent / "data" / "ro-crate-1.1-context.jsonld"
@@ -43,7 +43,7 @@ def _with_script(run_dir: str, argv0: str, cwd: str) -> dict:
     """The crate metadata of a run whose ranks ran ``argv0`` in ``cwd``, written in place as write_crate does."""
     info = load_run(run_dir, values=False)
     for r in info.ranks:
-        r.attrs["argv"], r.attrs["cwd"] = [argv0, "--lr", "0.1"], cwd
+        r.meta["argv"], r.meta["cwd"] = [argv0, "--lr", "0.1"], cwd
     meta, _ = crate_metadata(info)
     Path(run_dir, METADATA).write_text(json.dumps(meta, indent=2))
     return meta
@@ -153,16 +153,15 @@ def test_crate_zip_and_directory_of_failed_unmerged_run(tmp_path):
         write_crate(run_dir, out)
 
 
-def test_crate_energy_as_resource_usage(tmp_path):
-    run_dir = make_run(str(tmp_path), "c3", ranks=2)
-    info = load_run(run_dir, values=False)
-    for r in info.ranks:  # as the samplers write them at close (local rank 0 of each node)
-        r.attrs["totals"] = {"energy_kwh": 0.5, "emissions_kg_co2eq": 0.1, "gpu_energy_j": {"GPU-a": 100.0}}
+def test_crate_energy_as_resource_usage(run_root):
+    from helpers_mpi import make_energy_run
+
+    info = load_run(make_energy_run(run_root), values=False)
     meta, _ = crate_metadata(info)
     ents = _entities(meta)
     usage = {ref["@id"] for ref in ents["#job"]["resourceUsage"]}
-    assert ents["#usage-energy_kwh"]["value"] == 1.0 and ents["#usage-energy_kwh"]["unitText"] == "kWh"
-    assert ents["#usage-gpu_energy_j"]["value"] == 100.0  # one GPU seen by two ranks counts once
+    assert ents["#usage-energy_kwh"]["value"] == 0.75 and ents["#usage-energy_kwh"]["unitText"] == "kWh"
+    assert ents["#usage-gpu_energy_j"]["value"] == 650.0  # GPU-b, seen by two ranks, counts once
     assert {"#usage-energy_kwh", "#usage-emissions_kg_co2eq", "#usage-gpu_energy_j"} <= usage
     assert all(ents[u]["@type"] == "PropertyValue" for u in usage)
 

@@ -1,4 +1,4 @@
-"""inspect (prov4ml_hpc.summary) on real runs: unmerged, merged, running, partial (kill -9), requeued."""
+"""inspect (prov4ml_hpc.view.inspect) on real runs: unmerged, merged, running, partial (kill -9), requeued."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from conftest import clean_env
 
 import prov4ml_hpc as p4
-from prov4ml_hpc.view.inspect import format_summary, load_run, summarize
+from prov4ml_hpc.view.inspect import format_summary, summarize
 
 
 def make_run(
@@ -26,6 +26,7 @@ def make_run(
     lr: float = 0.1,
     fail_rank: int | None = None,
     experiment: str = "exp",
+    world: int | None = None,
 ) -> str:
     """A real multi-rank run, one rank after the other in this process (fake PMI environments)."""
     data = os.path.join(root, "data.bin")
@@ -34,7 +35,7 @@ def make_run(
         fh.write(b"x" * 1000)
     run_dir = ""
     for r in range(ranks):
-        env = {"PMI_RANK": str(r), "PMI_SIZE": str(ranks), "PROV4ML_HPC_ATTEMPT": str(attempt)}
+        env = {"PMI_RANK": str(r), "PMI_SIZE": str(world or ranks), "PROV4ML_HPC_ATTEMPT": str(attempt)}
         run = p4.start_run(experiment, root, run_id=run_id, system_metrics=False, gather=False, environ=env)
         run_dir = run.run_dir
         p4.log_params({"lr": lr, "batch_size": 32, "rank_seed": 7})
@@ -170,15 +171,8 @@ def test_requeued_run_has_attempts(tmp_path):
 
 
 def test_many_ranks_are_grouped(tmp_path):
-    run_dir = make_run(str(tmp_path), "big", ranks=3, steps=2)
-    info = load_run(run_dir)
-    for r in info.ranks:  # as if the world had 40 ranks and ranks 3..39 never started: missing
-        r.attrs["world_size"] = 40
-    from prov4ml_hpc.view.inspect import _add_missing, summarize_info
-
-    info.ranks = [r for r in info.ranks if r.attrs]
-    _add_missing(info.ranks)
-    d = summarize_info(info)
+    run_dir = make_run(str(tmp_path), "big", ranks=3, steps=2, world=40)  # ranks 3..39 never started
+    d = summarize(run_dir)
     missing = d["ranks"]["attempts"]["0"]["missing"]
     assert missing["count"] == 37 and len(missing["ranks"]) == 5
     text = format_summary(d)

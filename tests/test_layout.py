@@ -32,8 +32,6 @@ ALLOWED_UPWARD = {
     ("prov4ml_hpc.merge.core", "prov4ml_hpc.provenance.graph"),
     # a rank's end_run runs the in-job end of job (registered at start_run only under MPI)
     ("prov4ml_hpc.rank.lifecycle", "prov4ml_hpc.merge.gather"),
-    # TEMPORARY: the crate reads the run through view.inspect until the one read model lives in merge/
-    ("prov4ml_hpc.provenance.crate", "prov4ml_hpc.view.inspect"),
 }
 
 

@@ -346,7 +346,7 @@ def import_yprov4ml(
         attrs: dict[str, Any] = {
             schema.A_RUN_ID: run_id,
             schema.A_EXPERIMENT: exp,
-            "run_id_source": "yprov4ml-import",
+            schema.A_RUN_ID_SOURCE: "yprov4ml-import",
             schema.A_JOB_ID: None,
             schema.A_GLOBAL_RANK: rank,
             schema.A_LOCAL_RANK: 0,
@@ -358,7 +358,7 @@ def import_yprov4ml(
             schema.A_START_TIME: _iso(start),
             schema.A_PYTHON_VERSION: str((fact.python_version if fact else None) or "").split(" ")[0] or None,
             schema.A_PACKAGE_VERSION: __version__,
-            "user": fact.user if fact else None,
+            schema.A_USER: fact.user if fact else None,
             schema.A_STATUS: schema.STATUS_COMPLETED if fact else schema.STATUS_RUNNING,
             schema.A_STATUS_REASON: ""
             if fact

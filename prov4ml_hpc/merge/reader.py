@@ -20,18 +20,7 @@ from typing import Any
 
 from .. import schema
 from ..errors import RankFileError
-
-_JSON_ATTRS = {
-    schema.A_ARGV,
-    schema.A_ENV,
-    schema.A_PACKAGES,
-    schema.A_PROBLEMS,
-    schema.A_HARDWARE,
-    schema.A_TOTALS,
-    "slurm",
-    "source",
-    "distributions",
-}
+from ..h5 import decode_attr
 
 
 @dataclass(frozen=True)
@@ -143,18 +132,7 @@ def discover_rank_files(run_dir: str | os.PathLike) -> list[tuple[int, int, str]
 
 
 def _decode_attr(key: str, value: Any) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if hasattr(value, "item") and getattr(value, "shape", None) == ():
-        value = value.item()
-    if key in _JSON_ATTRS and isinstance(value, str):
-        if value == "":
-            return {}
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
+    return decode_attr(value, key in schema.JSON_ATTRS)
 
 
 def _json_lines(ds, what: str, problems: list[str]) -> list[dict[str, Any]]:

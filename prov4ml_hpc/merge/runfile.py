@@ -22,26 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import schema
-from ..h5 import encode_attr, open_h5
+from ..h5 import decode_attr, encode_attr, open_h5
 
-G_JOB = "job"
-G_RANKS = "ranks"
-G_SERIES = "series"
-G_AGGREGATES = "aggregates"
-DS_RECORDS = "records"
-
-# root attributes of run.h5 that change from one merge of the same files to the next
-A_MERGE_TIME = "merge_time"
-A_MERGE_UNIX = "merge_time_unix"
-A_MERGE_PROCESSES = "merge_processes"
-A_MERGED_BY = "merged_by"
-VOLATILE_ATTRS = frozenset({A_MERGE_TIME, A_MERGE_UNIX, A_MERGE_PROCESSES, A_MERGED_BY})
-
-# per-rank verdict attributes in /ranks/<stem> (the rank file's own status is kept as file_status)
-A_FILE_STATUS = "file_status"
-A_FILE = "file"
-A_ROWS = "rows"
-
+# the names of groups, datasets and attributes are in schema.py ("run.h5"); this module has the dtypes and paths
 SERIES_FIELDS = (("step", "<i8"), ("value", "<f8"), ("time", "<f8"))
 AGG_FIELDS = (
     ("step", "<i8"),
@@ -72,11 +55,13 @@ def rank_stem(global_rank: int, attempt: int) -> str:
 
 
 def series_path(context: str, name: str, stem: str) -> str:
-    return f"/{G_SERIES}/{schema.escape_name(context)}/{schema.escape_name(name)}/{stem}"
+    return f"/{schema.G_SERIES}/{schema.escape_name(context)}/{schema.escape_name(name)}/{stem}"
 
 
 def aggregate_path(context: str, name: str, attempt: int) -> str:
-    return f"/{G_AGGREGATES}/{schema.escape_name(context)}/{schema.escape_name(name)}/attempt-{attempt}"
+    return (
+        f"/{schema.G_AGGREGATES}/{schema.escape_name(context)}/{schema.escape_name(name)}/attempt-{attempt}"
+    )
 
 
 def require_series_group(f, top: str, context: str, name: str, kind: str, unit: str | None):
@@ -84,11 +69,17 @@ def require_series_group(f, top: str, context: str, name: str, kind: str, unit: 
     ctx_key, name_key = schema.escape_name(context), schema.escape_name(name)
     parent = f.require_group(top)
     if ctx_key not in parent:
-        parent.create_group(ctx_key).attrs["context"] = context
+        parent.create_group(ctx_key).attrs[schema.A_CONTEXT] = context
     ctx = parent[ctx_key]
     if name_key not in ctx:
         g = ctx.create_group(name_key)
-        for key, value in (("name", name), ("context", context), ("kind", kind), ("unit", unit)):
+        pairs = (
+            (schema.A_NAME, name),
+            (schema.A_CONTEXT, context),
+            (schema.A_KIND, kind),
+            (schema.A_UNIT, unit),
+        )
+        for key, value in pairs:
             g.attrs[key] = encode_attr(value)
     return ctx[name_key]
 
@@ -99,24 +90,56 @@ def set_attrs(obj, attrs: dict[str, Any]) -> None:
 
 
 def write_records(group, records: list[dict[str, Any]]) -> None:
+    write_json_lines(group, schema.DS_RANK_RECORDS, records, ascii_only=False)
+
+
+def write_json_lines(group, name: str, items: list[Any], *, ascii_only: bool = True) -> None:
+    """A 1-D UTF-8 string dataset, one JSON text per item (keys sorted: the same items give the same bytes)."""
     import h5py
 
-    texts = [json.dumps(r, sort_keys=True, ensure_ascii=False, default=str) for r in records]
-    group.create_dataset(DS_RECORDS, data=texts, dtype=h5py.string_dtype("utf-8"))
+    texts = [json.dumps(x, sort_keys=True, ensure_ascii=ascii_only, default=str) for x in items]
+    group.create_dataset(name, data=texts, dtype=h5py.string_dtype("utf-8"), shape=(len(texts),))
 
 
 # ---- reading -------------------------------------------------------------------------------------------
-def _decode(value: Any, as_json: bool = True) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if hasattr(value, "item") and getattr(value, "shape", None) == ():
-        value = value.item()
-    if as_json and isinstance(value, str) and value[:1] in ("[", "{"):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
+def decode_attrs(obj, json_attrs: frozenset[str] = schema.RUN_JSON_ATTRS) -> dict[str, Any]:
+    """The attributes of an HDF5 object, decoded (JSON ones parsed)."""
+    return {k: decode_attr(v, k in json_attrs) for k, v in obj.attrs.items()}
+
+
+def decode_job(group) -> dict[str, Any]:
+    """The /job group's attributes as JobInfo keyword arguments: list and dict fields parsed, "" as None."""
+    import dataclasses
+
+    from ..job.jobinfo import JobInfo
+
+    fields = dataclasses.fields(JobInfo)
+    empty = {f.name: f.default_factory for f in fields if f.default_factory is not dataclasses.MISSING}
+    known = {f.name for f in fields}
+    out: dict[str, Any] = {}
+    for key, value in decode_attrs(group, frozenset(empty)).items():
+        if key in empty:  # a list or a dict
+            out[key] = value if isinstance(value, type(empty[key]())) else empty[key]()
+        elif key in known:
+            out[key] = None if value == "" else value
+    return out
+
+
+def check_run_file(path: str, attrs: dict[str, Any]) -> None:
+    """Raise MergeError unless the root attributes are those of a run file this version reads."""
+    from ..errors import MergeError
+
+    if attrs.get(schema.A_FORMAT) != schema.RUN_FORMAT:
+        raise MergeError(f"{path} is not a prov4ml-hpc run file (format {attrs.get(schema.A_FORMAT)!r})")
+    try:
+        version = int(attrs.get(schema.A_SCHEMA_VERSION, -1))
+    except (TypeError, ValueError):
+        version = -1
+    if version > schema.SCHEMA_VERSION or version < 1:
+        raise MergeError(
+            f"{path} has schema version {attrs.get(schema.A_SCHEMA_VERSION)!r}; this prov4ml-hpc reads versions "
+            f"1 to {schema.SCHEMA_VERSION}: upgrade prov4ml-hpc to read it"
+        )
 
 
 @dataclass
@@ -148,7 +171,7 @@ class RunFile:
 
 
 def read_run_file(path: str | os.PathLike) -> RunFile:
-    """Open run.h5 and read its metadata and its index of series and aggregates.
+    """Open run.h5 and read its metadata and its index of series and aggregates (values are read on demand).
 
     Raises:
         MergeError: the file is not a prov4ml-hpc run file or has a newer schema version.
@@ -161,23 +184,18 @@ def read_run_file(path: str | os.PathLike) -> RunFile:
     except Exception as exc:  # noqa: BLE001
         raise MergeError(f"cannot open {path} as HDF5: {type(exc).__name__}: {exc}") from exc
     with f:
-        attrs = {k: _decode(v) for k, v in f.attrs.items()}
-        if attrs.get(schema.A_FORMAT) != schema.RUN_FORMAT:
-            raise MergeError(f"{path} is not a prov4ml-hpc run file (format {attrs.get(schema.A_FORMAT)!r})")
-        if int(attrs.get(schema.A_SCHEMA_VERSION, -1)) > schema.SCHEMA_VERSION:
-            raise MergeError(
-                f"{path} has schema version {attrs.get(schema.A_SCHEMA_VERSION)}; upgrade prov4ml-hpc"
-            )
-        job = {k: _decode(v) for k, v in f[G_JOB].attrs.items()} if G_JOB in f else {}
-        ranks = {stem: {k: _decode(v) for k, v in g.attrs.items()} for stem, g in f.get(G_RANKS, {}).items()}
+        attrs = decode_attrs(f)
+        check_run_file(path, attrs)
+        job = decode_job(f[schema.G_JOB]) if schema.G_JOB in f else {}
+        ranks = {stem: decode_attrs(g, schema.JSON_ATTRS) for stem, g in f.get(schema.G_RANKS, {}).items()}
         out = RunFile(path, attrs, job, ranks)
-        for top, sink in ((G_SERIES, out.series), (G_AGGREGATES, out.aggregate_keys)):
+        for top, sink in ((schema.G_SERIES, out.series), (schema.G_AGGREGATES, out.aggregate_keys)):
             for ctx_group in f.get(top, {}).values():
                 for name_group in ctx_group.values():
-                    ctx = _decode(name_group.attrs["context"], False)
-                    name = _decode(name_group.attrs["name"], False)
+                    ctx = decode_attr(name_group.attrs[schema.A_CONTEXT])
+                    name = decode_attr(name_group.attrs[schema.A_NAME])
                     for leaf, ds in name_group.items():
-                        if top == G_SERIES:
+                        if top == schema.G_SERIES:
                             sink.append((ctx, name, leaf, ds.name))
                         else:
                             sink.append((ctx, name, int(leaf.split("-", 1)[1]), ds.name))

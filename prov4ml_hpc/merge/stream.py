@@ -4,7 +4,7 @@ Memory is bounded by a few blocks of rows whatever the size of the rank file: ro
 a time, sorted by series (stable: logging order is kept), held per series until PENDING_BLOCKS blocks are
 pending, then written.  A series that ends before anything was written gets an exactly sized contiguous dataset;
 a bigger one a chunked, growing dataset.  The series' summary (count, steps, min/max, last, ...) is updated
-from each block.
+from each block; :func:`scan_rank` computes the same summaries without writing (the readers of an unmerged run).
 """
 
 from __future__ import annotations
@@ -35,6 +35,54 @@ class _SeriesState:
         self.ds = None
 
 
+def new_summaries(rf: RankFile, stem: str | None) -> list[SeriesSummary]:
+    """One empty SeriesSummary per series of the rank file (dataset paths in run.h5 set when stem is given)."""
+    return [
+        SeriesSummary(
+            name=s.name,
+            context=s.context,
+            kind=s.kind,
+            global_rank=rf.global_rank,
+            unit=s.unit,
+            dataset=runfile.series_path(s.context, s.name, stem) if stem is not None else None,
+        )
+        for s in rf.series
+    ]
+
+
+def _split(rf: RankFile, block_rows: int):
+    """Blocks of trusted rows sorted by series (stable): (rows, counts per series, steps, values, times, finite)."""
+    nseries = len(rf.series)
+    for block in rf.iter_rows(block_rows):
+        n = len(block)
+        if not n:
+            continue
+        sid = block["series"]
+        counts = np.bincount(sid, minlength=nseries)
+        steps, values, times = (np.ascontiguousarray(block[f]) for f in ("step", "value", "time"))
+        if not bool((sid[1:] >= sid[:-1]).all()):  # stable sort by series: logging order kept per series
+            order = np.argsort(sid.astype(np.uint16) if nseries <= 65535 else sid, kind="stable")
+            steps, values, times = steps.take(order), values.take(order), times.take(order)
+        yield n, counts, steps, values, times, np.isfinite(values)
+
+
+def scan_rank(rf: RankFile, *, block_rows: int = 1_000_000) -> tuple[list[SeriesSummary], int]:
+    """The series statistics of a rank file without writing anything: the same numbers :func:`stream_rank` gives.
+
+    Returns the series summaries (no dataset paths) and the number of trusted rows.
+    """
+    summaries = new_summaries(rf, None)
+    rows = 0
+    for n, counts, steps, values, times, finite in _split(rf, block_rows):
+        lo = 0
+        for i in np.flatnonzero(counts):
+            hi = lo + int(counts[i])
+            _update_summary(summaries[i], steps[lo:hi], values[lo:hi], times[lo:hi], finite[lo:hi])
+            lo = hi
+        rows += n
+    return summaries, rows
+
+
 def stream_rank(
     rf: RankFile,
     stem: str,
@@ -50,37 +98,14 @@ def stream_rank(
     statistics of its metric series (a function of the file and the block size alone, whoever computes them).
     Returns the series summaries (dataset paths set) and the number of rows copied.
     """
-    rank = rf.global_rank
-    states = []
-    for s in rf.series:
-        summary = SeriesSummary(
-            name=s.name,
-            context=s.context,
-            kind=s.kind,
-            global_rank=rank,
-            unit=s.unit,
-            dataset=runfile.series_path(s.context, s.name, stem),
-        )
-        states.append(_SeriesState(summary, summary.dataset))
+    states = [_SeriesState(x, x.dataset) for x in new_summaries(rf, stem)]
     out_dtype = runfile.series_dtype()
     pending_total = 0
     rows_done = 0
-    nseries = len(states)
     is_metric = [s.kind == schema.KIND_METRIC for s in rf.series]
-    nblock = 0
-    for block in rf.iter_rows(block_rows):
-        n = len(block)
-        if not n:
-            continue
-        sid = block["series"]
-        counts = np.bincount(sid, minlength=nseries)
-        steps, values, times = (np.ascontiguousarray(block[f]) for f in ("step", "value", "time"))
-        if not bool((sid[1:] >= sid[:-1]).all()):  # stable sort by series: logging order kept per series
-            order = np.argsort(sid.astype(np.uint16) if nseries <= 65535 else sid, kind="stable")
-            steps, values, times = steps.take(order), values.take(order), times.take(order)
+    for nblock, (n, counts, steps, values, times, finite) in enumerate(_split(rf, block_rows)):
         sorted_block = np.empty(n, out_dtype)
         sorted_block["step"], sorted_block["value"], sorted_block["time"] = steps, values, times
-        finite = np.isfinite(values)
         lo = 0
         stats: dict[int, StepStats] = {}
         for i in np.flatnonzero(counts):
@@ -93,7 +118,6 @@ def stream_rank(
             lo = hi
         if on_stats is not None and stats:
             on_stats(nblock, stats)
-        nblock += 1
         pending_total += n
         rows_done += n
         if pending_total >= PENDING_BLOCKS * block_rows:
@@ -138,7 +162,7 @@ def _write_pending(out, st: _SeriesState, *, final: bool) -> None:
     st.pending, st.pending_rows = [], 0
     if st.ds is None:
         x = st.summary
-        group = runfile.require_series_group(out, runfile.G_SERIES, x.context, x.name, x.kind, x.unit)
+        group = runfile.require_series_group(out, schema.G_SERIES, x.context, x.name, x.kind, x.unit)
         leaf = st.path.rsplit("/", 1)[1]
         if final:  # the whole series is known: exactly sized, contiguous
             st.ds = group.create_dataset(
@@ -162,20 +186,20 @@ def _set_dataset_attrs(ds, x: SeriesSummary, attempt: int) -> None:
     runfile.set_attrs(
         ds,
         {
-            "name": x.name,
-            "context": x.context,
-            "kind": x.kind,
-            "unit": x.unit,
+            schema.A_NAME: x.name,
+            schema.A_CONTEXT: x.context,
+            schema.A_KIND: x.kind,
+            schema.A_UNIT: x.unit,
             schema.A_GLOBAL_RANK: x.global_rank,
             schema.A_ATTEMPT: attempt,
-            "count": x.count,
-            "nonfinite": x.nonfinite,
-            "first_step": -1 if x.first_step is None else x.first_step,
-            "last_step": -1 if x.last_step is None else x.last_step,
-            "min": num(x.min),
-            "max": num(x.max),
-            "last": num(x.last),
-            "first_time": num(x.first_time),
-            "last_time": num(x.last_time),
+            schema.A_COUNT: x.count,
+            schema.A_NONFINITE: x.nonfinite,
+            schema.A_FIRST_STEP: -1 if x.first_step is None else x.first_step,
+            schema.A_LAST_STEP: -1 if x.last_step is None else x.last_step,
+            schema.A_MIN: num(x.min),
+            schema.A_MAX: num(x.max),
+            schema.A_LAST: num(x.last),
+            schema.A_FIRST_TIME: num(x.first_time),
+            schema.A_LAST_TIME: num(x.last_time),
         },
     )

@@ -26,7 +26,8 @@ from urllib.parse import quote
 from .. import schema, settings
 from .._version import __version__
 from ..errors import ExportError
-from ..view.inspect import RunInfo, energy_totals, load_run, script_of, time_span
+from ..merge.load import load_run
+from ..merge.model import RunSummary
 
 METADATA = "ro-crate-metadata.json"
 RO_CRATE = "https://w3id.org/ro/crate/1.1"
@@ -77,8 +78,8 @@ def write_crate(
         ExportError: out exists and is not an empty directory, or a file cannot be written.
     """
     run_dir = os.path.abspath(os.fspath(run_dir))
-    info = load_info(run_dir)
-    meta, local = crate_metadata(info, license=settings.get(settings.LICENSE, override=license))
+    run = load_run(run_dir, values=False)
+    meta, local = crate_metadata(run, license=settings.get(settings.LICENSE, override=license))
     text = json.dumps(meta, indent=2, ensure_ascii=False, default=str)
     try:
         if out is None:
@@ -106,11 +107,6 @@ def write_crate(
         return out
     except OSError as exc:
         raise ExportError(f"cannot write the RO-Crate to {out or run_dir}: {exc}") from exc
-
-
-def load_info(run_dir: str) -> RunInfo:
-    """The run as the crate reads it (the one place that loads it: the read model can be swapped in here)."""
-    return load_run(run_dir, values=False)
 
 
 def _atomic_write(path: str, text: str) -> None:
@@ -159,16 +155,18 @@ def _ref(ids: list[str] | str) -> Any:
     return {"@id": ids}
 
 
-def crate_metadata(info: RunInfo, *, license: str | None = None) -> tuple[dict[str, Any], list[str]]:
+def crate_metadata(run: RunSummary, *, license: str | None = None) -> tuple[dict[str, Any], list[str]]:
     """The ro-crate-metadata.json content and the run-relative paths of the files the crate holds.
 
     ``license``: an SPDX identifier or a URL (None: a sentence saying that none was given)."""
     g = _Graph()
-    run_dir = info.run_dir
-    main = info.main_rank()
-    a = main.attrs if main is not None else {}
+    import dataclasses
+
+    run_dir = run.run_dir
+    main = run.main_rank()
+    a = main.meta if main is not None else {}
     run_id = str(a.get(schema.A_RUN_ID) or os.path.basename(run_dir))
-    job = info.job
+    job = dataclasses.asdict(run.job)
     local: list[str] = []
     parts: list[str] = []
 
@@ -202,7 +200,7 @@ def crate_metadata(info: RunInfo, *, license: str | None = None) -> tuple[dict[s
             extra = {"conformsTo": {"@id": PROV_JSON}} if rel == schema.PROV_FILE else {}
             outputs.append(local_file(rel, encodingFormat=fmt, description=desc, **extra))
     if schema.RUN_FILE not in local:  # not merged: the rank files are the record
-        for r in info.ranks:
+        for r in run.ranks:
             if r.file and os.path.exists(os.path.join(run_dir, r.file)):
                 outputs.append(
                     local_file(
@@ -220,7 +218,7 @@ def crate_metadata(info: RunInfo, *, license: str | None = None) -> tuple[dict[s
     # inputs and outputs the script logged (datasets, models, artifacts)
     inputs: list[str] = []
     seen: set[str] = set()
-    for r in info.ranks:
+    for r in run.ranks:
         for rec in r.records:
             kind = rec.get("type")
             if kind not in (schema.REC_ARTIFACT, schema.REC_MODEL, schema.REC_DATASET):
@@ -233,7 +231,7 @@ def crate_metadata(info: RunInfo, *, license: str | None = None) -> tuple[dict[s
                 parts.append(ident)
 
     # the workflow (the training script that srun/mpiexec ran on every rank), its one step and its tool
-    workflow = _workflow(g, info, a)
+    workflow = _workflow(g, run, a)
     parts.insert(0, workflow)
     tool = g.add(
         {
@@ -256,7 +254,7 @@ def crate_metadata(info: RunInfo, *, license: str | None = None) -> tuple[dict[s
     g.entities[workflow]["step"] = _ref([step])
 
     # agents
-    user = a.get("user") or job.get("user")
+    user = run.user or job.get("user")
     agent = (
         g.add({"@id": f"#person-{quote(str(user))}", "@type": "Person", "name": str(user)}) if user else None
     )
@@ -272,7 +270,7 @@ def crate_metadata(info: RunInfo, *, license: str | None = None) -> tuple[dict[s
 
     # energy as resource usage
     usage = []
-    totals = energy_totals(info.ranks)
+    totals = run.totals
     for key, name, unit in _ENERGY:
         if isinstance(totals.get(key), int | float):
             usage.append(
@@ -289,8 +287,8 @@ def crate_metadata(info: RunInfo, *, license: str | None = None) -> tuple[dict[s
             )
 
     # the job and its ranks
-    start, end = time_span(info.ranks)
-    latest = info.latest()
+    start, end = run.time_span()
+    latest = run.latest()
     statuses = {r.status for r in latest}
     running = schema.STATUS_RUNNING in statuses
     ok = statuses == {schema.STATUS_COMPLETED}
@@ -303,7 +301,7 @@ def crate_metadata(info: RunInfo, *, license: str | None = None) -> tuple[dict[s
             "name": (f"SLURM job {job_id}" + (f" ({job['name']})" if job.get("name") else ""))
             if job_id
             else f"run {run_id}",
-            "description": f"{info.world_size} ranks, attempts {', '.join(map(str, info.attempts))}",
+            "description": f"{run.world_size} ranks, attempts {', '.join(map(str, run.attempts))}",
             "identifier": str(job_id) if job_id else run_id,
             "agent": _ref(agent) if agent else None,
             "instrument": _ref(workflow),
@@ -320,7 +318,7 @@ def crate_metadata(info: RunInfo, *, license: str | None = None) -> tuple[dict[s
         }
     )
     controls, rank_actions = [], []
-    for r in info.ranks:
+    for r in run.ranks:
         if r.status == schema.STATUS_MISSING:
             continue
         rid = f"#rank-{r.global_rank:05d}-attempt-{r.attempt}"
@@ -332,15 +330,13 @@ def crate_metadata(info: RunInfo, *, license: str | None = None) -> tuple[dict[s
                     "@id": rid,
                     "@type": "CreateAction",
                     "name": f"rank {r.global_rank} attempt {r.attempt} ({r.status})",
-                    "description": f"rank {r.global_rank} of {info.world_size}"
+                    "description": f"rank {r.global_rank} of {run.world_size}"
                     + (f" on {r.node}" if r.node else "")
                     + (f", attempt {r.attempt}" if r.attempt else ""),
                     "instrument": _ref(tool),
                     "agent": _ref(agent) if agent else None,
-                    "startTime": _iso(r.attrs.get(schema.A_START_UNIX)),
-                    "endTime": None
-                    if live
-                    else _iso(r.attrs.get(schema.A_END_UNIX) or r.attrs.get(schema.A_LAST_FLUSH_UNIX)),
+                    "startTime": _iso(r.start_time),
+                    "endTime": None if live else _iso(r.end_time),
                     "actionStatus": COMPLETED if done else ACTIVE if live else FAILED,
                     "error": None if done or live else f"{r.status}: {r.reason or ''}".strip(),
                 }
@@ -409,11 +405,11 @@ def _command_line(a: dict[str, Any]) -> str | None:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _workflow(g: _Graph, info: RunInfo, a: dict[str, Any]) -> str:
+def _workflow(g: _Graph, run: RunSummary, a: dict[str, Any]) -> str:
     """The training script as the crate's main workflow: a ``file://`` URI of its absolute path (a relative
     argv[0] is resolved against the rank's working directory; it is never a File inside the crate that is not
     there), or ``#training-script`` when the ranks ran no script file (``python -c``)."""
-    script = script_of(info)
+    script = run.script()
     path = None
     if script and script not in NOT_FILES:
         cwd = a.get(schema.A_CWD)

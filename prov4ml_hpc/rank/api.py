@@ -193,7 +193,7 @@ def start_run(
         attrs = {
             schema.A_RUN_ID: location.run_id,
             schema.A_EXPERIMENT: location.experiment,
-            "run_id_source": location.id_source,
+            schema.A_RUN_ID_SOURCE: location.id_source,
             schema.A_JOB_ID: identity.job_id,
             schema.A_GLOBAL_RANK: identity.global_rank,
             schema.A_LOCAL_RANK: identity.local_rank,
@@ -211,13 +211,13 @@ def start_run(
             schema.A_ARGV: list(sys.argv),
             schema.A_CWD: os.getcwd(),
             schema.A_ENV: environment_snapshot(env),
-            "slurm": slurm_snapshot(env),
-            "user": _user_name(),
-            "hostname": _hostname(),
-            "source": _capture_source(git=identity.global_rank == 0),
+            schema.A_SLURM: slurm_snapshot(env),
+            schema.A_USER: _user_name(),
+            schema.A_HOSTNAME: _hostname(),
+            schema.A_SOURCE: _capture_source(git=identity.global_rank == 0),
         }
         if identity.local_rank == 0:  # once per node: the software stack is the node's
-            attrs["distributions"] = _distributions()
+            attrs[schema.A_DISTRIBUTIONS] = _distributions()
         try:
             recorder = Recorder(path, attrs, config)
         except OSError as exc:

@@ -14,15 +14,13 @@ training.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
-import math
 import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .. import schema
@@ -37,9 +35,6 @@ DISK_RESERVE = 16 << 20  # stop writing, cleanly, while at least this much space
 
 class DiskAlmostFull(OSError):
     """Raised by the flusher before a write that could fill the disk (the file is then closed cleanly)."""
-
-
-MAX_EXACT_STEP = 2**53  # steps pass through float64 in memory: exact up to here (docs/format.md)
 
 
 class Series:
@@ -67,8 +62,6 @@ class Series:
 class RecorderConfig:
     flush_interval: float = DEFAULT_FLUSH_INTERVAL
     buffer_rows: int = DEFAULT_BUFFER_ROWS
-    fsync: bool = False  # also fsync after each flush (durable against power loss, ~0.4 ms per flush)
-    extra_attrs: dict[str, Any] = field(default_factory=dict)
 
 
 class Recorder:
@@ -340,8 +333,6 @@ class Recorder:
                     self._dirty_attrs = False
             w.set_attrs(attrs)
             w.flush()
-            if self.config.fsync:
-                os.fsync(w.fd())
             self.flushed_rows = w.rows
             self.last_flush = now
         except Exception as exc:  # noqa: BLE001 - an I/O failure must never reach training
@@ -400,12 +391,7 @@ class Recorder:
         self._writer.abandon()
 
     # ------------------------------------------------------------------ closing
-    def close(
-        self,
-        status: str = schema.STATUS_COMPLETED,
-        reason: str | None = None,
-        extra_attrs: dict[str, Any] | None = None,
-    ) -> str:
+    def close(self, status: str = schema.STATUS_COMPLETED, reason: str | None = None) -> str:
         """Stop the flusher, write everything, set the final status and close the file.  Returns the status."""
         if os.getpid() != self._pid:
             return self.status
@@ -428,15 +414,12 @@ class Recorder:
                     schema.A_PROBLEMS: dict(self.problems),
                     schema.A_HARDWARE: dict(self._hardware),
                     schema.A_TOTALS: dict(self._totals),
-                    **(extra_attrs or {}),
                 }
                 if self.dropped_rows:
-                    attrs["dropped_rows"] = self.dropped_rows
+                    attrs[schema.A_DROPPED_ROWS] = self.dropped_rows
                 try:
                     self._writer.set_attrs(attrs)
                     self._writer.flush()
-                    if self.config.fsync:
-                        os.fsync(self._writer.fd())
                     self._writer.close()
                 except Exception as exc:  # noqa: BLE001
                     self._fail_writes(exc, 0)
@@ -490,10 +473,6 @@ def iso_utc(t: float) -> str:
     return _dt.datetime.fromtimestamp(t, tz=_dt.UTC).isoformat()
 
 
-def finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
 def package_versions() -> dict[str, str]:
     """Versions of the packages that matter to a run, read from metadata without importing them."""
     from importlib import metadata
@@ -521,7 +500,3 @@ def package_versions() -> dict[str, str]:
 
 def python_version() -> str:
     return sys.version.split()[0]
-
-
-def register_exit(callback) -> None:
-    atexit.register(callback)

@@ -12,15 +12,16 @@ from typing import Any
 
 from .. import schema
 from ..errors import ConfigError
-from .inspect import RunInfo, best_rule, fmt_value, load_run, params_of, series_table
+from ..merge.load import load_run
+from ..merge.model import RunSummary
+from .inspect import best_rule, fmt_value, params_of, series_table
 
 
-def _label(info: RunInfo) -> str:
-    main = info.main_rank()
-    return str((main.attrs.get(schema.A_RUN_ID) if main else None) or os.path.basename(info.run_dir))
+def _label(run: RunSummary) -> str:
+    return run.run_id
 
 
-def _labels(infos: list[RunInfo]) -> list[str]:
+def _labels(infos: list[RunSummary]) -> list[str]:
     labels = [_label(i) for i in infos]
     if len(set(labels)) < len(labels):  # same run id in two experiments: add the experiment
         labels = [

@@ -1,33 +1,30 @@
 """What is in a run directory, for people and for tools: ``summarize(run_dir)`` and its terminal screen.
 
-Works on every state of a run: a running job (rank files still being written), an unmerged one (rank files
-only), a merged one (run.h5 + provenance.json, read instead of the rank files when they are up to date) and a
-requeued one (one set of rank files per attempt).  Its cost grows with the number of ranks and series, never
-with what is printed: ranks are grouped by status and only a few of each group are named.
+Built on the one read model (``prov4ml_hpc.merge.load.load_run``: verdicts, missing ranks, totals, series
+statistics; it works on running, unmerged, merged, stale and requeued runs).  This module only shapes it into a
+JSON-able summary and a screen whose size grows with the number of ranks and series, never with what is
+printed: ranks are grouped by status and only a few of each group are named.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
 import os
-import socket
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from .. import schema
-from ..errors import ConfigError, RankFileError
+from ..merge.model import RankSummary, RunSummary
 
 LISTED = 5  # ranks named per status group, reasons per status
-_ALIVE_SECONDS = 60.0  # a "running" rank file of another host flushed this recently counts as running
 LOWER_IS_BETTER = ("loss", "error")
 
-STATUS_RUNNING = schema.STATUS_RUNNING
 STATUS_ORDER = (
     schema.STATUS_COMPLETED,
-    STATUS_RUNNING,
+    schema.STATUS_RUNNING,
     schema.STATUS_PARTIAL,
     schema.STATUS_FAILED,
     schema.STATUS_CANCELLED,
@@ -43,417 +40,6 @@ def best_rule(name: str) -> str:
     return "min" if any(word in low for word in LOWER_IS_BETTER) else "max"
 
 
-# ---- the loaded run ------------------------------------------------------------------------------------------
-@dataclass
-class SeriesStat:
-    """One series of one rank: counts and value statistics (finite values only for min/max)."""
-
-    context: str
-    name: str
-    kind: str
-    unit: str | None = None
-    count: int = 0
-    nonfinite: int = 0
-    min: float | None = None
-    max: float | None = None
-    last: float | None = None
-    last_step: int | None = None
-    first_time: float | None = None
-    last_time: float | None = None
-
-
-@dataclass
-class RankInfo:
-    """One attempt of one rank as inspect sees it (status is the verdict: running, partial, missing, ...)."""
-
-    global_rank: int
-    attempt: int
-    status: str
-    reason: str | None = None
-    file: str | None = None  # relative to the run directory
-    attrs: dict[str, Any] = field(default_factory=dict)
-    records: list[dict[str, Any]] = field(default_factory=list)
-    series: list[SeriesStat] = field(default_factory=list)
-    rows: int = 0
-
-    @property
-    def node(self) -> str | None:
-        return self.attrs.get(schema.A_NODE) or None
-
-    @property
-    def stem(self) -> str:
-        return schema.rank_file_name(self.global_rank, self.attempt)[:-3]
-
-
-@dataclass
-class RunInfo:
-    """A run directory read once: what summarize, compare, the report and the RO-Crate are built from."""
-
-    run_dir: str
-    source: str  # "run.h5" or "rank files"
-    state: str  # merged, unmerged, running, stale-merge
-    ranks: list[RankInfo]
-    world_size: int
-    job: dict[str, Any]
-    run_attrs: dict[str, Any] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def attempts(self) -> list[int]:
-        return sorted({r.attempt for r in self.ranks})
-
-    def main_rank(self) -> RankInfo | None:
-        """The lowest readable rank of the latest attempt (it describes the job)."""
-        readable = [r for r in self.ranks if r.attrs]
-        if not readable:
-            return None
-        last = max(r.attempt for r in readable)
-        return min((r for r in readable if r.attempt == last), key=lambda r: r.global_rank)
-
-    def latest(self) -> list[RankInfo]:
-        """The ranks of the latest attempt."""
-        last = max(self.attempts, default=0)
-        return [r for r in self.ranks if r.attempt == last]
-
-
-def load_run(run_dir: str | os.PathLike, *, values: bool = True) -> RunInfo:
-    """Read a run directory: run.h5 (+ provenance.json) when they are up to date, else the rank files.
-
-    Args:
-        run_dir: RUN_ROOT/EXPERIMENT/RUN_ID (the folder holding ranks/ or run.h5).
-        values: compute per-series statistics (count, min, max, last); this reads every row of unmerged
-            rank files.  False reads headers only.
-
-    Raises:
-        ConfigError: run_dir is not a run directory (no ranks/ files and no run.h5).
-    """
-    run_dir = os.path.abspath(os.fspath(run_dir))
-    if not os.path.isdir(run_dir):
-        raise ConfigError(f"{run_dir} is not a directory: give a run directory (RUN_ROOT/EXPERIMENT/RUN_ID)")
-    found = _discover(run_dir)
-    run_path = os.path.join(run_dir, schema.RUN_FILE)
-    if os.path.exists(run_path):
-        stale = _stale_reason(run_path, found)
-        if stale is None:
-            try:
-                return _load_merged(run_dir, run_path, values)
-            except Exception as exc:  # noqa: BLE001 - a damaged run.h5: fall back to the rank files
-                problem = f"run.h5 could not be read ({type(exc).__name__}: {exc}); read the rank files"
-        else:
-            problem = f"run.h5 is out of date ({stale}); read the rank files"
-        info = _load_rank_files(run_dir, found, values)
-        info.state = "stale-merge"
-        info.problems.insert(0, problem)
-        return info
-    if not found:
-        raise ConfigError(
-            f"{run_dir} holds no rank files (ranks/rank-NNNNN.h5) and no run.h5: is it a run "
-            "directory (RUN_ROOT/EXPERIMENT/RUN_ID)?"
-        )
-    return _load_rank_files(run_dir, found, values)
-
-
-def _discover(run_dir: str) -> list[tuple[int, int, str]]:
-    from ..merge.reader import discover_rank_files
-
-    return discover_rank_files(run_dir)
-
-
-def _stale_reason(run_path: str, found: list[tuple[int, int, str]]) -> str | None:
-    """Why run.h5 does not describe the rank files on disk any more (a requeue, a merge while running)."""
-    merged_at = os.path.getmtime(run_path)
-    newer = [
-        rel
-        for _, _, rel in found
-        if os.path.getmtime(os.path.join(os.path.dirname(run_path), rel)) > merged_at
-    ]
-    if newer:
-        return f"{len(newer)} rank file(s) changed after the merge, e.g. {newer[0]}"
-    return None
-
-
-# ---- rank files ----------------------------------------------------------------------------------------------
-def _load_rank_files(run_dir: str, found: list[tuple[int, int, str]], values: bool) -> RunInfo:
-    from ..merge.reader import read_rank_file
-
-    ranks: list[RankInfo] = []
-    problems: list[str] = []
-    host, now = socket.gethostname(), time.time()
-    for global_rank, attempt, rel in found:
-        try:
-            rf = read_rank_file(os.path.join(run_dir, rel))
-        except RankFileError as exc:
-            ranks.append(RankInfo(global_rank, attempt, schema.STATUS_CORRUPT, str(exc), rel))
-            continue
-        status = rf.status
-        reason = rf.attrs.get(schema.A_STATUS_REASON) or None
-        if not rf.closed_cleanly:
-            status, reason = _live_or_partial(rf.attrs, rf.nrows, host, now)
-        info = RankInfo(global_rank, attempt, status, reason, rel, rf.attrs, rf.records, rows=rf.nrows)
-        info.series = (
-            _scan_stats(rf) if values else [SeriesStat(s.context, s.name, s.kind, s.unit) for s in rf.series]
-        )
-        problems.extend(f"{rel}: {p}" for p in rf.problems)
-        ranks.append(info)
-    world = _add_missing(ranks)
-    state = "running" if any(r.status == STATUS_RUNNING for r in ranks) else "unmerged"
-    return RunInfo(run_dir, "rank files", state, ranks, world, _job_from_ranks(ranks), problems=problems)
-
-
-def _live_or_partial(attrs: dict[str, Any], nrows: int, host: str, now: float) -> tuple[str, str]:
-    pid, where = attrs.get(schema.A_PID), attrs.get("hostname") or attrs.get(schema.A_NODE)
-    flushed = attrs.get(schema.A_LAST_FLUSH_UNIX)
-    if where == host and isinstance(pid, int):
-        alive = _pid_alive(pid)
-    else:
-        alive = isinstance(flushed, int | float) and now - flushed < _ALIVE_SECONDS
-    if alive:
-        return STATUS_RUNNING, f"still writing ({nrows} rows flushed so far)"
-    when = _iso(flushed) if isinstance(flushed, int | float) else "an unknown time"
-    return schema.STATUS_PARTIAL, (
-        f"the process stopped without closing its rank file (killed or crashed); "
-        f"{nrows} rows up to the last flush at {when}"
-    )
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed, not yet reaped) is not running
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _add_missing(ranks: list[RankInfo]) -> int:
-    sizes = [int(r.attrs.get(schema.A_WORLD_SIZE) or 0) for r in ranks]
-    world = max(sizes, default=0) or (max((r.global_rank for r in ranks), default=-1) + 1)
-    for attempt in sorted({r.attempt for r in ranks}):
-        mine = [r for r in ranks if r.attempt == attempt]
-        expected = max((int(r.attrs.get(schema.A_WORLD_SIZE) or 0) for r in mine), default=0) or world
-        have = {r.global_rank for r in mine}
-        ranks.extend(
-            RankInfo(g, attempt, schema.STATUS_MISSING, f"no rank file (attempt {attempt})")
-            for g in range(expected)
-            if g not in have
-        )
-    ranks.sort(key=lambda r: (r.attempt, r.global_rank))
-    return world
-
-
-def _scan_stats(rf) -> list[SeriesStat]:
-    """Per-series count, non-finite count, min, max, last value and step, first and last time: one pass."""
-    import numpy as np
-
-    n = len(rf.series)
-    count = np.zeros(n, np.int64)
-    nonfinite = np.zeros(n, np.int64)
-    vmin = np.full(n, np.inf)
-    vmax = np.full(n, -np.inf)
-    last = np.full(n, np.nan)
-    last_step = np.full(n, -1, np.int64)
-    first_t = np.full(n, np.nan)
-    last_t = np.full(n, np.nan)
-    for rows in rf.iter_rows():
-        if not len(rows):
-            continue
-        sid, v = rows["series"].astype(np.int64), rows["value"]
-        count += np.bincount(sid, minlength=n)
-        fin = np.isfinite(v)
-        nonfinite += np.bincount(sid[~fin], minlength=n)
-        np.minimum.at(vmin, sid[fin], v[fin])
-        np.maximum.at(vmax, sid[fin], v[fin])
-        rev_ids, rev_idx = np.unique(sid[::-1], return_index=True)
-        at = len(sid) - 1 - rev_idx
-        last[rev_ids] = v[at]
-        last_step[rev_ids] = rows["step"][at]
-        last_t[rev_ids] = rows["time"][at]
-        ids, first_idx = np.unique(sid, return_index=True)
-        unset = np.isnan(first_t[ids])
-        first_t[ids[unset]] = rows["time"][first_idx[unset]]
-    out = []
-    for s in rf.series:
-        i, c = s.id, int(count[s.id])
-        out.append(
-            SeriesStat(
-                s.context,
-                s.name,
-                s.kind,
-                s.unit,
-                c,
-                int(nonfinite[i]),
-                float(vmin[i]) if math.isfinite(vmin[i]) else None,
-                float(vmax[i]) if math.isfinite(vmax[i]) else None,
-                float(last[i]) if c else None,
-                int(last_step[i]) if c else None,
-                float(first_t[i]) if c else None,
-                float(last_t[i]) if c else None,
-            )
-        )
-    return out
-
-
-def _job_from_ranks(ranks: list[RankInfo]) -> dict[str, Any]:
-    from ..job.jobinfo import job_info
-
-    readable = [r for r in ranks if r.attrs]
-    if not readable:
-        return {}
-    last = max(r.attempt for r in readable)
-    main = min((r for r in readable if r.attempt == last), key=lambda r: r.global_rank)
-    snap = main.attrs.get("slurm")
-    job_id = main.attrs.get(schema.A_JOB_ID) or None
-    import dataclasses
-
-    return dataclasses.asdict(job_info(snap if isinstance(snap, dict) else None, job_id, query=False))
-
-
-# ---- run.h5 --------------------------------------------------------------------------------------------------
-def _load_merged(run_dir: str, run_path: str, values: bool) -> RunInfo:
-    from ..h5 import open_h5
-    from ..merge.runfile import DS_RECORDS, G_RANKS, read_run_file
-
-    rf = read_run_file(run_path)
-    ranks: list[RankInfo] = []
-    with open_h5(run_path, "r") as f:
-        group = f.get(G_RANKS, {})
-        for stem, attrs in rf.ranks.items():
-            attrs = {k: (None if v == "" else v) for k, v in attrs.items()}
-            recs = []
-            if stem in group and DS_RECORDS in group[stem]:
-                recs = [json.loads(t) for t in group[stem][DS_RECORDS].asstr()[:]]
-            g, a = int(attrs.get(schema.A_GLOBAL_RANK, -1)), int(attrs.get(schema.A_ATTEMPT) or 0)
-            status = str(attrs.get(schema.A_STATUS) or schema.STATUS_MISSING)
-            meta = attrs if status not in (schema.STATUS_MISSING, schema.STATUS_CORRUPT) else {}
-            ranks.append(
-                RankInfo(
-                    g,
-                    a,
-                    status,
-                    attrs.get(schema.A_STATUS_REASON),
-                    attrs.get("file"),
-                    meta,
-                    recs,
-                    rows=int(attrs.get("rows") or 0),
-                )
-            )
-    ranks.sort(key=lambda r: (r.attempt, r.global_rank))
-    if values:
-        _merged_stats(run_dir, rf, ranks)
-    job = {k: (None if v == "" else v) for k, v in rf.job.items()}
-    world = int(rf.attrs.get(schema.A_WORLD_SIZE) or len({r.global_rank for r in ranks}))
-    problems = list(rf.attrs.get("problems") or [])
-    return RunInfo(run_dir, schema.RUN_FILE, "merged", ranks, world, job, rf.attrs, problems)
-
-
-def _merged_stats(run_dir: str, rf, ranks: list[RankInfo]) -> None:
-    """Series statistics from provenance.json (one entity per series of each rank), else from run.h5."""
-    by_stem = {r.stem: r for r in ranks}
-    stats = _stats_from_prov(os.path.join(run_dir, schema.PROV_FILE))
-    if stats is not None:
-        for (g, a), items in stats.items():
-            r = by_stem.get(schema.rank_file_name(g, a)[:-3])
-            if r is not None:
-                r.series = items
-        return
-    import numpy as np
-
-    from ..h5 import open_h5
-
-    with open_h5(rf.path, "r") as f:
-        for ctx, name, stem, path in rf.series:
-            r = by_stem.get(stem)
-            if r is None:
-                continue
-            ds = f[path]
-            data = ds[()]
-            kind = ds.parent.attrs.get("kind", schema.KIND_METRIC)
-            kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-            st = SeriesStat(ctx, name, kind, count=len(data))
-            if len(data):
-                v = data["value"]
-                fin = v[np.isfinite(v)]
-                st.nonfinite = int(len(v) - len(fin))
-                st.min, st.max = (float(fin.min()), float(fin.max())) if len(fin) else (None, None)
-                st.last, st.last_step = float(v[-1]), int(data["step"][-1])
-                st.first_time, st.last_time = float(data["time"][0]), float(data["time"][-1])
-            r.series.append(st)
-
-
-def _stats_from_prov(path: str) -> dict[tuple[int, int], list[SeriesStat]] | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    from ..provenance.vocab import VOCAB_URI
-
-    prefix = next((p for p, uri in (doc.get("prefix") or {}).items() if uri == VOCAB_URI), None)
-    if prefix is None:
-        return None
-    p = prefix + ":"
-    types = {f"{p}MetricSeries", f"{p}SystemSeries"}
-    out: dict[tuple[int, int], list[SeriesStat]] = {}
-    for ent in (doc.get("entity") or {}).values():
-        t = ent.get("prov:type")
-        if _lit(t) not in types:
-            continue
-        count = _num(ent.get(p + "count"), int) or 0
-        last = _num(ent.get(p + "last"), float)
-        if last is None and ent.get(p + "last_nonfinite") is not None:
-            last = float(_lit(ent.get(p + "last_nonfinite")))
-        st = SeriesStat(
-            str(_lit(ent.get(p + "context"))),
-            str(_lit(ent.get(p + "name"))),
-            str(_lit(ent.get(p + "kind"))),
-            _lit(ent.get(p + "unit")),
-            count,
-            _num(ent.get(p + "nonfinite"), int) or 0,
-            _num(ent.get(p + "min"), float),
-            _num(ent.get(p + "max"), float),
-            last,
-            _num(ent.get(p + "last_step"), int),
-            _time(ent.get(p + "first_time")),
-            _time(ent.get(p + "last_time")),
-        )
-        key = (_num(ent.get(p + "global_rank"), int) or 0, _num(ent.get(p + "attempt"), int) or 0)
-        out.setdefault(key, []).append(st)
-    return out
-
-
-def _lit(value: Any) -> Any:
-    if isinstance(value, dict):
-        return value.get("$")
-    if isinstance(value, list):
-        return _lit(value[0]) if value else None
-    return value
-
-
-def _num(value: Any, kind: type) -> Any:
-    value = _lit(value)
-    if value is None:
-        return None
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _time(value: Any) -> float | None:
-    value = _lit(value)
-    if not isinstance(value, str):
-        return None
-    try:
-        return _dt.datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
-
-
 # ---- the summary -----------------------------------------------------------------------------------------------
 def summarize(run_dir: str | os.PathLike, *, listed: int = LISTED) -> dict[str, Any]:
     """Describe a run directory as a JSON-able dict (see docs/report.md, "inspect").
@@ -465,99 +51,84 @@ def summarize(run_dir: str | os.PathLike, *, listed: int = LISTED) -> dict[str, 
     Raises:
         ConfigError: run_dir is not a run directory.
     """
-    return summarize_info(load_run(run_dir), listed=listed)
+    from ..merge.load import load_run
+
+    return summarize_run(load_run(run_dir), listed=listed)
 
 
-def summarize_info(info: RunInfo, *, listed: int = LISTED) -> dict[str, Any]:
+def summarize_run(run: RunSummary, *, listed: int = LISTED) -> dict[str, Any]:
     """:func:`summarize` of an already loaded run."""
-    main = info.main_rank()
-    a = main.attrs if main is not None else {}
-    latest = info.latest()
+    main = run.main_rank()
+    a = main.meta if main is not None else {}
+    latest = run.latest()
     return {
-        "run_dir": info.run_dir,
-        "run_id": str(
-            a.get(schema.A_RUN_ID) or info.run_attrs.get(schema.A_RUN_ID) or os.path.basename(info.run_dir)
-        ),
-        "experiment": str(a.get(schema.A_EXPERIMENT) or os.path.basename(os.path.dirname(info.run_dir))),
-        "source": info.source,
-        "state": info.state,
-        "job": _job_section(info),
-        "ranks": _ranks_section(info, listed),
+        "run_dir": run.run_dir,
+        "run_id": run.run_id,
+        "experiment": run.experiment,
+        "source": run.source,
+        "state": run.state,
+        "graph": run.graph,
+        "job": _job_section(run),
+        "ranks": _ranks_section(run, listed),
         "series": series_table(latest),
         "params": params_of(latest),
-        "artifacts": artifacts_of(info.ranks),
-        "energy": energy_totals(info.ranks),
-        "files": file_sizes(info.run_dir),
-        "problems": info.problems[:20],
-        "problems_total": len(info.problems),
+        "artifacts": artifacts_of(run.ranks),
+        "energy": run.totals,
+        "files": file_sizes(run.run_dir),
+        "problems": run.problems[:20],
+        "problems_total": len(run.problems),
         "software": {
             "prov4ml_hpc": a.get(schema.A_PACKAGE_VERSION),
             "python": a.get(schema.A_PYTHON_VERSION),
         },
-        "script": script_of(info),
+        "script": run.script(),
     }
 
 
-def time_span(ranks: list[RankInfo]) -> tuple[float | None, float | None]:
-    starts = [r.attrs.get(schema.A_START_UNIX) for r in ranks]
-    ends = [r.attrs.get(schema.A_END_UNIX) or r.attrs.get(schema.A_LAST_FLUSH_UNIX) for r in ranks]
-    starts = [float(t) for t in starts if isinstance(t, int | float)]
-    ends = [float(t) for t in ends if isinstance(t, int | float)]
-    return (min(starts) if starts else None), (max(ends) if ends else None)
-
-
-def script_of(info: RunInfo) -> str | None:
-    """The training script (argv[0] of the main rank), or None."""
-    main = info.main_rank()
-    argv = main.attrs.get(schema.A_ARGV) if main is not None else None
-    return str(argv[0]) if isinstance(argv, list) and argv and argv[0] else None
-
-
-def _job_section(info: RunInfo) -> dict[str, Any]:
-    j = info.job
-    start, end = time_span(info.ranks)
-    running = info.state == "running"
+def _job_section(run: RunSummary) -> dict[str, Any]:
+    j = dataclasses.asdict(run.job)
+    start, end = run.time_span()
+    running = run.state == "running"
     if running and start is not None:
         end = time.time()
     gpus = j.get("gpus")
     if not gpus:
-        n = (
-            {
-                (r.node, g.get("uuid") or g.get("index"))
-                for r in info.ranks
-                for g in (r.attrs.get(schema.A_HARDWARE) or {}).get("gpus", [])
-                if isinstance(g, dict)
-            }
-            if all(isinstance(r.attrs.get(schema.A_HARDWARE, {}), dict) for r in info.ranks)
-            else set()
-        )
-        gpus = len(n) or None
+        hardware = [r.meta.get(schema.A_HARDWARE) for r in run.ranks if r.readable]
+        seen = {
+            (r.node, g.get("uuid") or g.get("index"))
+            for r, hw in zip([r for r in run.ranks if r.readable], hardware, strict=True)
+            if isinstance(hw, dict) and isinstance(hw.get("gpus"), list)
+            for g in hw["gpus"]
+            if isinstance(g, dict)
+        }
+        gpus = len(seen) or None
     nodes = list(j.get("nodes") or [])
     if not nodes:
-        nodes = sorted({r.node for r in info.ranks if r.node})
+        nodes = sorted({r.node for r in run.ranks if r.node})
+    main = run.main_rank()
     return {
         "job_id": j.get("job_id"),
         "name": j.get("name"),
-        "state": j.get("state") or _derived_state(info),
-        "user": j.get("user") or (info.main_rank().attrs.get("user") if info.main_rank() else None),
+        "state": j.get("state") or _derived_state(run),
+        "user": j.get("user") or run.user or (main.meta.get(schema.A_USER) if main else None),
         "partition": j.get("partition"),
         "nodes": nodes[:50],
         "nnodes": j.get("nnodes") or len(nodes) or None,
-        "ranks": info.world_size,
+        "ranks": run.world_size,
         "gpus": gpus,
         "elapsed": j.get("elapsed"),
         "elapsed_s": (end - start) if start is not None and end is not None else None,
         "start": _iso(start) if start is not None else None,
         "end": _iso(end) if end is not None and not running else None,
-        "attempts": info.attempts,
+        "attempts": run.attempts,
         "exit_code": j.get("exit_code"),
         "time_limit": j.get("time_limit"),
     }
 
 
-def _derived_state(info: RunInfo) -> str:
-    statuses = {r.status for r in info.latest()}
-    if STATUS_RUNNING in statuses:
+def _derived_state(run: RunSummary) -> str:
+    statuses = {r.status for r in run.latest()}
+    if schema.STATUS_RUNNING in statuses:
         return "RUNNING (from rank statuses)"
     if statuses == {schema.STATUS_COMPLETED}:
         return "COMPLETED (from rank statuses)"
@@ -565,11 +136,11 @@ def _derived_state(info: RunInfo) -> str:
     return f"{worst.upper()} (from rank statuses)"
 
 
-def _ranks_section(info: RunInfo, listed: int) -> dict[str, Any]:
+def _ranks_section(run: RunSummary, listed: int) -> dict[str, Any]:
     attempts = {}
-    for attempt in info.attempts:
+    for attempt in run.attempts:
         groups: dict[str, dict[str, Any]] = {}
-        for r in (x for x in info.ranks if x.attempt == attempt):
+        for r in (x for x in run.ranks if x.attempt == attempt):
             g = groups.setdefault(r.status, {"count": 0, "ranks": [], "reasons": {}})
             g["count"] += 1
             if len(g["ranks"]) < listed:
@@ -580,12 +151,12 @@ def _ranks_section(info: RunInfo, listed: int) -> dict[str, Any]:
                     g["reasons"][key] = g["reasons"].get(key, 0) + 1
         order = {s: i for i, s in enumerate(STATUS_ORDER)}
         attempts[str(attempt)] = dict(sorted(groups.items(), key=lambda kv: order.get(kv[0], 99)))
-    nodes = {r.node for r in info.ranks if r.node}
+    nodes = {r.node for r in run.ranks if r.node}
     return {
-        "world_size": info.world_size,
+        "world_size": run.world_size,
         "nodes": len(nodes),
         "attempts": attempts,
-        "rows": sum(r.rows for r in info.ranks),
+        "rows": sum(r.rows for r in run.ranks),
     }
 
 
@@ -596,7 +167,7 @@ def _reason_key(reason: str) -> str:
     return re.sub(r"\d+(\.\d+)?", "#", reason)[:300]
 
 
-def series_table(ranks: list[RankInfo]) -> list[dict[str, Any]]:
+def series_table(ranks: list[RankSummary]) -> list[dict[str, Any]]:
     """One entry per (context, name) over the given ranks: ranks, count, last (mean of the ranks' last values),
     best (min or max over all finite values, ``best_rule`` says which), last step, non-finite count."""
     acc: dict[tuple[str, str], dict[str, Any]] = {}
@@ -641,7 +212,7 @@ def series_table(ranks: list[RankInfo]) -> list[dict[str, Any]]:
     return out
 
 
-def params_of(ranks: list[RankInfo]) -> dict[str, Any]:
+def params_of(ranks: list[RankSummary]) -> dict[str, Any]:
     """Parameters by name (context/name when a context is set); a parameter whose value differs between
     ranks is {"differs": true, "values": {value: n_ranks, ...}} (at most 10 values)."""
     seen: dict[str, dict[str, int]] = {}
@@ -668,7 +239,7 @@ def params_of(ranks: list[RankInfo]) -> dict[str, Any]:
     return out
 
 
-def artifacts_of(ranks: list[RankInfo]) -> list[dict[str, Any]]:
+def artifacts_of(ranks: list[RankSummary]) -> list[dict[str, Any]]:
     """Artifacts, models and datasets grouped by (kind, name, role) with the ranks that logged them."""
     acc: dict[tuple[str, str, str], dict[str, Any]] = {}
     for r in ranks:
@@ -703,28 +274,6 @@ def artifacts_of(ranks: list[RankInfo]) -> list[dict[str, Any]]:
         e["distinct_sha256"] = len(e.pop("sha256"))
         out.append(e)
     return sorted(out, key=lambda e: (e["kind"], e["name"], e["role"]))
-
-
-def energy_totals(ranks: list[RankInfo]) -> dict[str, Any]:
-    """Energy and emissions of the job from the ranks' ``totals``: numbers summed over ranks (they are recorded
-    once per node), GPU energy per GPU UUID counted once (several ranks of a node can report one GPU)."""
-    out: dict[str, Any] = {}
-    gpu: dict[str, float] = {}
-    for r in ranks:
-        totals = r.attrs.get(schema.A_TOTALS)
-        if not isinstance(totals, dict):
-            continue
-        for key, value in totals.items():
-            if key == "gpu_energy_j" and isinstance(value, dict):
-                for uuid, joules in value.items():
-                    if isinstance(joules, int | float):
-                        gpu[uuid] = max(gpu.get(uuid, 0.0), float(joules))
-            elif isinstance(value, int | float) and not isinstance(value, bool):
-                out[key] = out.get(key, 0) + value
-    if gpu:
-        out["gpu_energy_j"] = sum(gpu.values())
-        out["gpus_measured"] = len(gpu)
-    return dict(sorted(out.items()))
 
 
 def file_sizes(run_dir: str) -> dict[str, Any]:
@@ -787,7 +336,8 @@ def format_summary(d: dict[str, Any], *, max_series: int = 40, max_params: int =
         title,
         "=" * len(title),
         f"directory  {d['run_dir']}",
-        f"read from  {d['source']} ({d['state']})",
+        f"read from  {d['source']} ({d['state']})"
+        + (f"; provenance.json: {d['graph']}" if d.get("graph") not in (None, "current", "absent") else ""),
     ]
     job_id = j.get("job_id") or "- (not a SLURM job)"
     lines.append(
@@ -861,8 +411,14 @@ def format_summary(d: dict[str, Any], *, max_series: int = 40, max_params: int =
             ("gpu_energy_j", "GPU energy (NVML)", 1 / 3.6e6, "kWh"),
             ("rapl_energy_j", "RAPL energy", 1 / 3.6e6, "kWh"),
         ):
-            if isinstance(energy.get(key), int | float):
-                lines.append(f"  {label:<18} {energy[key] * scale:.6g} {unit}")
+            value = energy.get(key)
+            parts = value.items() if isinstance(value, dict) else [("", value)]  # RAPL: per domain
+            for part, v in parts:
+                if not isinstance(v, int | float):
+                    continue
+                more = f" ({energy.get('gpus_measured')} GPUs)" if key == "gpu_energy_j" else ""
+                text = f"{label} {part}".strip()
+                lines.append(f"  {text:<18} {v * scale:.6g} {unit}{more}")
     f = d["files"]
     lines += ["", "files"]
     for key, value in f.items():

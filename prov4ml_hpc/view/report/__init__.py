@@ -61,7 +61,8 @@ def write_report(
     Raises:
         ConfigError: run_dir is not a run directory.
     """
-    from ..inspect import load_run, summarize_info
+    from ...merge.load import load_run
+    from ..inspect import summarize_run
     from .data import load_plot_data
     from .graph import render_graph
     from .html import Figure, render_page
@@ -69,8 +70,8 @@ def write_report(
 
     t_start = time.perf_counter()
     run_dir = os.path.abspath(os.fspath(run_dir))
-    info = load_run(run_dir)
-    summary = summarize_info(info)
+    run = load_run(run_dir)
+    summary = summarize_run(run)
     out = (
         os.path.abspath(os.fspath(out_dir))
         if out_dir is not None
@@ -82,7 +83,7 @@ def write_report(
             name.startswith(("metric-", "gpus", "nodes", "energy", "provenance"))
         ):
             os.unlink(os.path.join(out, name))
-    data = load_plot_data(info, progress=progress or stderr_progress())
+    data = load_plot_data(run, progress=progress or stderr_progress())
     sections: dict[str, list[Figure]] = {"metrics": [], "gpu": [], "nodes": [], "energy": [], "graph": []}
     for i, md in enumerate(data.metrics):
         name = f"metric-{i:03d}-{_slug(md.context, md.name)}.png"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ... import schema
-from ..inspect import RunInfo
+from ...merge.model import SOURCE_RUN_FILE, RunSummary
 
 FEW_RANKS = 8  # per-rank lines are drawn up to this many ranks
 MAX_SYSTEM_POINTS = 8000  # a system series longer than this is thinned (min/max per bucket) when loaded
@@ -70,29 +70,25 @@ def gpu_field(name: str) -> tuple[int, str] | None:
     return (int(m.group(1)), m.group(2)) if m else None
 
 
-def load_plot_data(info: RunInfo, *, few: int = FEW_RANKS, progress: Progress | None = None) -> PlotData:
-    """Read what the report draws from a loaded run (see :func:`prov4ml_hpc.summary.load_run`)."""
-    from ..inspect import time_span
+def load_plot_data(run: RunSummary, *, few: int = FEW_RANKS, progress: Progress | None = None) -> PlotData:
+    """Read what the report draws from a loaded run (see :func:`prov4ml_hpc.merge.load.load_run`)."""
+    from ...merge.model import time_span
 
-    present = [r for r in info.ranks if r.attrs]
+    present = [r for r in run.ranks if r.readable]
     t0, _ = time_span(present)
-    per_attempt = {a: sum(1 for r in present if r.attempt == a) for a in info.attempts}
+    per_attempt = {a: sum(1 for r in present if r.attempt == a) for a in run.attempts}
     keep_ranks = max(per_attempt.values(), default=0) <= few
-    if info.source == schema.RUN_FILE:
-        metrics, system = _from_run_file(info, keep_ranks, progress)
+    if run.source == SOURCE_RUN_FILE:
+        metrics, system = _from_run_file(run, keep_ranks, progress)
     else:
-        metrics, system = _from_rank_files(info, keep_ranks, progress)
+        metrics, system = _from_rank_files(run, keep_ranks, progress)
     for m in metrics:
         m.ranks = len({g for g, _ in m.per_rank}) if m.per_rank else 0
     return PlotData(metrics, system, t0, len({r.global_rank for r in present}))
 
 
-def _node_of(info: RunInfo) -> dict[tuple[int, int], tuple[str, int]]:
-    return {
-        (r.global_rank, r.attempt): (r.node or "?", int(r.attrs.get(schema.A_LOCAL_RANK) or 0))
-        for r in info.ranks
-        if r.attrs
-    }
+def _node_of(run: RunSummary) -> dict[tuple[int, int], tuple[str, int]]:
+    return {(r.global_rank, r.attempt): (r.node or "?", r.local_rank or 0) for r in run.ranks if r.readable}
 
 
 def _dedupe(system: list[SystemSeries], local: dict[tuple[int, int], tuple[str, int]]) -> list[SystemSeries]:
@@ -110,26 +106,26 @@ def _dedupe(system: list[SystemSeries], local: dict[tuple[int, int], tuple[str, 
     return sorted(best.values(), key=lambda s: (s.name, s.node, s.attempt))
 
 
-def _from_run_file(info: RunInfo, keep_ranks: bool, progress: Progress | None):
+def _from_run_file(run: RunSummary, keep_ranks: bool, progress: Progress | None):
     import numpy as np
 
     from ...h5 import open_h5
-    from ...merge.runfile import G_AGGREGATES, G_SERIES
 
-    path = os.path.join(info.run_dir, schema.RUN_FILE)
-    local = _node_of(info)
+    path = os.path.join(run.run_dir, schema.RUN_FILE)
+    local = _node_of(run)
     metrics: dict[tuple[str, str], MetricData] = {}
     system: list[SystemSeries] = []
     with open_h5(path, "r") as f:
-        for ctx_group in f.get(G_AGGREGATES, {}).values():
+        for ctx_group in f.get(schema.G_AGGREGATES, {}).values():
             for g in ctx_group.values():
-                ctx, name = _s(g.attrs["context"]), _s(g.attrs["name"])
+                ctx, name = _s(g.attrs[schema.A_CONTEXT]), _s(g.attrs[schema.A_NAME])
                 md = metrics.setdefault((ctx, name), MetricData(ctx, name))
                 for leaf, ds in g.items():
                     md.aggregates[int(leaf.split("-", 1)[1])] = ds[()]
-        groups = [g for c in f.get(G_SERIES, {}).values() for g in c.values()]
+        groups = [g for c in f.get(schema.G_SERIES, {}).values() for g in c.values()]
         for i, g in enumerate(groups):
-            ctx, name, kind = _s(g.attrs["context"]), _s(g.attrs["name"]), _s(g.attrs.get("kind", "metric"))
+            ctx, name = _s(g.attrs[schema.A_CONTEXT]), _s(g.attrs[schema.A_NAME])
+            kind = _s(g.attrs.get(schema.A_KIND, schema.KIND_METRIC))
             if progress is not None:
                 progress(i + 1, len(groups), f"{ctx}/{name}")
             if kind == schema.KIND_METRIC:
@@ -142,7 +138,7 @@ def _from_run_file(info: RunInfo, keep_ranks: bool, progress: Progress | None):
                 continue
             if not wanted_system(name):
                 continue
-            unit = _s(g.attrs.get("unit", "")) or None
+            unit = _s(g.attrs.get(schema.A_UNIT, "")) or None
             for stem, ds in g.items():
                 rank, attempt = _stem(stem)
                 node = local.get((rank, attempt), ("?", 0))[0]
@@ -152,7 +148,7 @@ def _from_run_file(info: RunInfo, keep_ranks: bool, progress: Progress | None):
     return sorted(metrics.values(), key=lambda m: (m.context, m.name)), _dedupe(system, local)
 
 
-def _from_rank_files(info: RunInfo, keep_ranks: bool, progress: Progress | None):
+def _from_rank_files(run: RunSummary, keep_ranks: bool, progress: Progress | None):
     import numpy as np
 
     from ...merge.reader import read_rank_file
@@ -161,11 +157,11 @@ def _from_rank_files(info: RunInfo, keep_ranks: bool, progress: Progress | None)
     stats: dict[tuple[str, str, int], StepStats] = {}
     metrics: dict[tuple[str, str], MetricData] = {}
     system: list[SystemSeries] = []
-    readable = [r for r in info.ranks if r.attrs and r.file]
+    readable = [r for r in run.ranks if r.readable and r.file]
     for i, r in enumerate(readable):
         if progress is not None:
             progress(i + 1, len(readable), r.file or "")
-        rf = read_rank_file(os.path.join(info.run_dir, r.file))
+        rf = read_rank_file(os.path.join(run.run_dir, r.file))
         parts: dict[int, list[Any]] = {}
         for rows in rf.iter_rows():
             if not len(rows):
@@ -191,7 +187,7 @@ def _from_rank_files(info: RunInfo, keep_ranks: bool, progress: Progress | None)
                 system.append(SystemSeries(s.name, r.node or "?", r.global_rank, r.attempt, t, v, s.unit))
     for (ctx, name, attempt), acc in stats.items():
         metrics[(ctx, name)].aggregates[attempt] = acc.result()
-    return sorted(metrics.values(), key=lambda m: (m.context, m.name)), _dedupe(system, _node_of(info))
+    return sorted(metrics.values(), key=lambda m: (m.context, m.name)), _dedupe(system, _node_of(run))
 
 
 def _thin(t, v, limit: int = MAX_SYSTEM_POINTS):

@@ -87,6 +87,7 @@ A_LAST_FLUSH_UNIX = "last_flush_unix"
 A_LAST_FLUSH_MONOTONIC = "last_flush_monotonic"
 A_PROBLEMS = "problems"  # JSON {reason: count}
 A_TOTALS = "totals"  # JSON, e.g. energy totals written at close by the samplers
+A_DROPPED_ROWS = "dropped_rows"  # rows the rank logged that its file does not hold (present only then)
 
 # ---- rank status words ----------------------------------------------------------------------------------
 STATUS_RUNNING = "running"  # written at start; still there after a kill -9 -> the merge says "partial"

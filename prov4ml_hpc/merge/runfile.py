@@ -11,7 +11,10 @@ Layout (documented in docs/format.md, section "run.h5")::
     /aggregates/<ctx>/<name>/attempt-K  per step across the ranks of attempt K: step, count, nonfinite, min,
                                         mean, max, std (metric series only)
 
-``<ctx>`` and ``<name>`` are ``schema.escape_name`` of the user's names; the unescaped names are attributes.
+``<ctx>`` and ``<name>`` are ``schema.escape_name`` of the user's names: the exact names are always
+``schema.unescape_name`` of those links (any ``str``, NUL and lone surrogates included).  The groups' and datasets'
+``name``/``context`` attributes repeat them for h5py users (a name HDF5 cannot hold is written there with backslash
+escapes, see ``h5.attr_text``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import schema
-from ..h5 import encode_attr, open_h5
+from ..h5 import encode_attr, json_text, open_h5
 
 G_JOB = "job"
 G_RANKS = "ranks"
@@ -84,7 +87,7 @@ def require_series_group(f, top: str, context: str, name: str, kind: str, unit: 
     ctx_key, name_key = schema.escape_name(context), schema.escape_name(name)
     parent = f.require_group(top)
     if ctx_key not in parent:
-        parent.create_group(ctx_key).attrs["context"] = context
+        parent.create_group(ctx_key).attrs["context"] = encode_attr(context)
     ctx = parent[ctx_key]
     if name_key not in ctx:
         g = ctx.create_group(name_key)
@@ -101,7 +104,7 @@ def set_attrs(obj, attrs: dict[str, Any]) -> None:
 def write_records(group, records: list[dict[str, Any]]) -> None:
     import h5py
 
-    texts = [json.dumps(r, sort_keys=True, ensure_ascii=False, default=str) for r in records]
+    texts = [json_text(r, sort_keys=True, default=str) for r in records]
     group.create_dataset(DS_RECORDS, data=texts, dtype=h5py.string_dtype("utf-8"))
 
 
@@ -172,10 +175,10 @@ def read_run_file(path: str | os.PathLike) -> RunFile:
         ranks = {stem: {k: _decode(v) for k, v in g.attrs.items()} for stem, g in f.get(G_RANKS, {}).items()}
         out = RunFile(path, attrs, job, ranks)
         for top, sink in ((G_SERIES, out.series), (G_AGGREGATES, out.aggregate_keys)):
-            for ctx_group in f.get(top, {}).values():
-                for name_group in ctx_group.values():
-                    ctx = _decode(name_group.attrs["context"], False)
-                    name = _decode(name_group.attrs["name"], False)
+            for ctx_key, ctx_group in f.get(top, {}).items():
+                ctx = schema.unescape_name(ctx_key)  # exact, where the attribute may hold an escaped form
+                for name_key, name_group in ctx_group.items():
+                    name = schema.unescape_name(name_key)
                     for leaf, ds in name_group.items():
                         if top == G_SERIES:
                             sink.append((ctx, name, leaf, ds.name))

@@ -24,6 +24,7 @@ VALIDATION = "validation"
 TESTING = "testing"
 
 _active: Run | None = None
+_closing: Run | None = None  # the run close_run is closing (a second caller returns at once)
 _hot: Callable[[Any, Any, Any, Any], None] | None = None  # the active recorder's bound log_metric
 _fork_hooks_installed = False
 _forked_child_warned = False
@@ -247,23 +248,35 @@ def end_run(status: str | None = None, reason: str | None = None, *, gather: boo
 
 
 def close_run(status: str | None = None, reason: str | None = None, *, gather: bool = True) -> str | None:
-    """end_run for the launcher, the import hook, signal handlers and interpreter exit: always closes."""
-    global _active, _hot
-    with _lock:
-        run = _active
-        if run is None:
-            return None
-        _active, _hot = None, None
-    if not gather:
-        run._end_hooks.clear()
-    from . import lifecycle
+    """end_run for the launcher, the import hook, signal handlers and interpreter exit: always closes.
 
-    # after a signal SLURM sends SIGKILL KillWait seconds later: the rank file must be closed well before,
-    # so the sampler (whose energy totals can take a second) gets half a second, not ten
-    hurry = status in (schema.STATUS_CANCELLED, schema.STATUS_SIGNALLED)
-    lifecycle.on_end(run, timeout=0.5 if hurry else 10.0)
-    final = run.recorder.close(status or schema.STATUS_COMPLETED, reason)
-    run.final_status = final
+    The run stays active until its file is closed (a signal handler arriving meanwhile finds it, and in the
+    main thread the signals are held until the file is closed: :class:`signals.hold`); then the end hooks
+    (the in-job end of job) run.
+    """
+    global _active, _hot, _closing
+    run = _active
+    if run is None:
+        return None
+    if _closing is not None:  # another caller (a signal's helper thread) is closing it
+        return run.recorder.status
+    _closing = run
+    from . import lifecycle, signals
+
+    try:
+        with signals.hold():
+            if not gather:
+                run._end_hooks.clear()
+            # after a signal SLURM sends SIGKILL KillWait seconds later: the rank file must be closed well
+            # before, so the sampler (whose energy totals can take a second) gets half a second, not ten
+            hurry = status in (schema.STATUS_CANCELLED, schema.STATUS_SIGNALLED)
+            lifecycle.on_end(run, timeout=0.5 if hurry else 10.0)
+            final = run.recorder.close(status or schema.STATUS_COMPLETED, reason)
+            run.final_status = final
+            if _active is run:  # no lock: a signal's helper thread may close while the main thread holds it
+                _active, _hot = None, None
+    finally:
+        _closing = None
     for hook in run._end_hooks:
         try:
             hook(run)

@@ -587,6 +587,11 @@ def _excepthook(exc_type, exc, tb) -> None:
         except Exception:  # noqa: BLE001, S110 - never hide the user's traceback
             pass
     (_prev_excepthook or sys.__excepthook__)(exc_type, exc, tb)
+    if threading.current_thread() is threading.main_thread():
+        from . import crash
+
+        if crash.should_abort():  # the other ranks may wait in a collective: end the job, as mpi4py's runner
+            crash.abort_mpi()
 
 
 def _at_exit() -> None:

@@ -1,5 +1,5 @@
 """What happens to an uncaught exception in a rank: the traceback saved as an artifact, an event, and an MPI
-abort when the code initialised MPI (shared by the launcher and the import hook)."""
+abort when the code initialised MPI (shared by the launcher, the import hook and the API's excepthook)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Any
 
 from .. import schema
 from ..errors import Prov4mlHpcError
+
+abort_on_exception = True  # PROV4ML_HPC_MPI_ABORT, set from the run's options at start_run
 
 
 def format_user_traceback(exc: BaseException) -> str:
@@ -50,6 +52,17 @@ def mpi_initialized() -> bool:
         return False
 
 
+def should_abort() -> bool:
+    """True when an uncaught exception must abort MPI_COMM_WORLD: MPI is initialised (by the code: we never
+    initialise it here), it has more than one process, and PROV4ML_HPC_MPI_ABORT is on (the default)."""
+    if not abort_on_exception or not mpi_initialized():
+        return False
+    try:
+        return sys.modules["mpi4py.MPI"].COMM_WORLD.Get_size() > 1
+    except Exception:  # noqa: BLE001
+        return False
+
+
 def save_traceback(run: Any, text: str) -> str | None:
     """Write the traceback under RUN_DIR/artifacts/rank-NNNNN/ and log it as an output artifact."""
     from . import api
@@ -85,7 +98,8 @@ def record_exception(run: Any, exc_type: type[BaseException], exc: BaseException
 
 
 def abort_mpi() -> None:
-    """MPI_Abort on COMM_WORLD (after the rank file is closed), so the other ranks do not hang."""
+    """MPI_Abort on COMM_WORLD (after the rank file is closed), so the other ranks do not hang (what mpi4py's
+    ``python -m mpi4py`` runner does on an uncaught exception)."""
     mod = sys.modules["mpi4py.MPI"]
     sys.stderr.flush()
     sys.stdout.flush()

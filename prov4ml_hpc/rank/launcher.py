@@ -314,7 +314,7 @@ def _launch(opts: LaunchOptions) -> int:
     except BaseException as exc:  # noqa: BLE001 - everything the script raises is recorded, then shown
         _report_exception(exc, run)
         _finish(schema.STATUS_FAILED, f"uncaught {type(exc).__name__}: {exc}", gather=False)
-        if crash.mpi_initialized():
+        if crash.should_abort():
             crash.abort_mpi()
         return 1
     _finish(schema.STATUS_COMPLETED, None, gather=True)

@@ -1,4 +1,4 @@
-"""Optional parts a run starts and stops around the recorder: the system sampler thread and the in-job gather.
+"""Optional parts a run starts and stops around the recorder: the system sampler thread and the in-job end of job.
 
 Kept apart from the API so that a failure in an optional part is reported and never stops training.
 """
@@ -21,6 +21,7 @@ class Options:
     sample_interval: float
     gather: bool
     gather_timeout: float
+    mpi_abort: bool
 
 
 def resolve(
@@ -38,11 +39,15 @@ def resolve(
         sample_interval=settings.get(settings.SAMPLE_INTERVAL, env, sample_interval),
         gather=settings.get(settings.GATHER, env, gather),
         gather_timeout=settings.get(settings.GATHER_TIMEOUT, env),
+        mpi_abort=settings.get(settings.MPI_ABORT, env),
     )
 
 
 def on_start(run: Any, options: Options) -> None:
+    from . import crash
+
     run.options = options
+    crash.abort_on_exception = options.mpi_abort
     if options.system_metrics:
         try:
             from .samplers.thread import SamplerThread
@@ -54,7 +59,8 @@ def on_start(run: Any, options: Options) -> None:
             run.recorder.problem(
                 "sampler_start_failed", f"system sampling could not start: {type(exc).__name__}: {exc}"
             )
-    # the gather talks MPI: not for torchrun/torch.distributed jobs (merge after the job instead)
+    # the end of job (merge/gather.py) waits for the other ranks' files, without MPI; not for torchrun jobs yet,
+    # whose agent may restart the workers (merge after the job)
     if run.world_size > 1 and run.identity.source != "torchrun" and options.gather:
         try:
             from ..merge.gather import gather_at_end

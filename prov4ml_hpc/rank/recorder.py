@@ -42,8 +42,11 @@ LOCK_WAIT = 0.5  # seconds the flusher waits for the hot path's slow lock (a sig
 
 
 class DiskAlmostFull(OSError):
-    """Raised by the flusher before a write that could fill the disk or pass the file size limit (the file is
-    then closed cleanly)."""
+    """Raised by the flusher before a write that could fill the disk (the file is then closed cleanly)."""
+
+
+class FileSizeLimit(DiskAlmostFull):
+    """Raised by the flusher before a write that could pass the process's file size limit (``ulimit -f``)."""
 
 
 MAX_EXACT_STEP = 2**53  # steps pass through float64 in memory: exact up to here (docs/format.md)
@@ -441,7 +444,7 @@ class Recorder:
             size = os.fstat(self._writer.fd()).st_size
             need = size + FSIZE_RESERVE + 2 * 24 * (rows + schema.ROW_CHUNK)
             if need > limit:
-                raise DiskAlmostFull(
+                raise FileSizeLimit(
                     f"the rank file {self.path} ({size / 2**20:.1f} MiB) is close to the process's file size "
                     f"limit ({limit / 2**20:.1f} MiB, `ulimit -f` / RLIMIT_FSIZE); the file size limit is "
                     "reached"

@@ -62,7 +62,9 @@ SIGNALS = {
 }
 
 
-def run_case(folder: str, kind: str, offset: float, rows: int, env: dict[str, str], deadline: float = 30) -> Case:
+def run_case(
+    folder: str, kind: str, offset: float, rows: int, env: dict[str, str], deadline: float = 30
+) -> Case:
     """One launcher process, signalled ``offset`` s after its script ended; its rank file read back."""
     from prov4ml_hpc.merge.reader import read_rank_file
 
@@ -73,7 +75,17 @@ def run_case(folder: str, kind: str, offset: float, rows: int, env: dict[str, st
     if not os.path.exists(script):
         with open(script, "w") as f:
             f.write(SCRIPT)
-    cmd = [sys.executable, "-m", "prov4ml_hpc.run", "--run-dir", run_root, "--run-id", run_id, script, str(rows)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "prov4ml_hpc.run",
+        "--run-dir",
+        run_root,
+        "--run-id",
+        run_id,
+        script,
+        str(rows),
+    ]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -104,7 +116,12 @@ def run_case(folder: str, kind: str, offset: float, rows: int, env: dict[str, st
 
 
 def sweep(
-    kinds: tuple[str, ...], offsets: list[float], rows: int, *, workers: int = 2, env: dict[str, str] | None = None
+    kinds: tuple[str, ...],
+    offsets: list[float],
+    rows: int,
+    *,
+    workers: int = 2,
+    env: dict[str, str] | None = None,
 ) -> list[Case]:
     """Every (kind, offset) case, ``workers`` at a time; returns them in order."""
     env = dict(env or os.environ)

@@ -463,7 +463,8 @@ class Recorder:
         self._dead = True
         self.dropped_rows += lost
         self.status = schema.STATUS_FAILED
-        self.reason = f"writing the rank file failed: {type(exc).__name__}: {exc}"
+        text = " ".join(str(exc).split())  # HDF5's messages span lines: one line in logs and attributes
+        self.reason = f"writing the rank file failed: {type(exc).__name__}: {text}"
         self.problems["write_failed"] = self.problems.get("write_failed", 0) + 1
         at = time.strftime("%H:%M:%S", time.localtime(self.last_flush))
         if isinstance(exc, DiskAlmostFull) and self._close_failed():  # nothing failed yet: closed properly
@@ -592,8 +593,8 @@ _INHERITED: list[Any] = []  # handles inherited by a forked child: never closed,
 def _as_float(x: Any) -> float:
     try:
         return float(x)
-    except OverflowError:
-        return math.copysign(math.inf, x)
+    except OverflowError:  # an int beyond float64
+        return math.inf if x > 0 else -math.inf
 
 
 def iso_utc(t: float) -> str:

@@ -1,7 +1,7 @@
 """The public logging API: module-level functions acting on this process's one active run.
 
 ``start_run`` opens this rank's buffer file in the run directory; ``log_*`` functions add to it;
-``end_run`` flushes, closes and (under MPI) lets rank 0 write the job's merged outputs.
+``end_run`` flushes, closes and (on a multi-rank run) lets rank 0 write the job's merged outputs.
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ def start_run(
         copy_artifacts: copy logged artifacts into the run directory (default False).
         system_metrics: sample CPU/memory/GPU/energy in a thread (default True, see docs/metrics.md).
         sample_interval: seconds between system samples (default 1.0).
-        gather: under MPI, let rank 0 write run.h5 and provenance.json at end_run (default True).
+        gather: on a multi-rank run, let rank 0 write run.h5 and provenance.json at end_run once every rank
+            closed its file (default True; no MPI involved, see docs/merge.md).
         environ: environment to read instead of os.environ (tests).
 
     Returns:
@@ -235,9 +236,8 @@ def start_run(
 def end_run(status: str | None = None, reason: str | None = None, *, gather: bool = True) -> str | None:
     """Flush and close this rank's file and set its final status (default "completed").
 
-    Under MPI, rank 0 then gathers the ranks and writes run.h5 and provenance.json (see docs/merge.md);
-    ``gather=False`` skips that (a failing or signalled rank must not enter a gather: `prov4ml-hpc merge` does
-    it after the job).  Under the launcher or the import hook, the script's own end_run() is left to them.
+    On a multi-rank run, rank 0 then waits for the other ranks' files to be closed and writes run.h5 and
+    provenance.json (see docs/merge.md); ``gather=False`` skips that (`prov4ml-hpc merge` does it after the job).  Under the launcher or the import hook, the script's own end_run() is left to them.
     Returns the final status, or None when no run was active.
     """
     run = _active
@@ -251,7 +251,7 @@ def close_run(status: str | None = None, reason: str | None = None, *, gather: b
     """end_run for the launcher, the import hook, signal handlers and interpreter exit: always closes.
 
     The run stays active until its file is closed (a signal handler arriving meanwhile finds it, and in the
-    main thread the signals are held until the file is closed: :class:`signals.hold`); then the end hooks
+    main thread the signals are held until the file is closed: :class:`holding.hold`); then the end hooks
     (the in-job end of job) run.
     """
     global _active, _hot, _closing
@@ -261,10 +261,10 @@ def close_run(status: str | None = None, reason: str | None = None, *, gather: b
     if _closing is not None:  # another caller (a signal's helper thread) is closing it
         return run.recorder.status
     _closing = run
-    from . import lifecycle, signals
+    from . import holding, lifecycle
 
     try:
-        with signals.hold():
+        with holding.hold():
             if not gather:
                 run._end_hooks.clear()
             # after a signal SLURM sends SIGKILL KillWait seconds later: the rank file must be closed well
@@ -588,10 +588,12 @@ def _excepthook(exc_type, exc, tb) -> None:
             pass
     (_prev_excepthook or sys.__excepthook__)(exc_type, exc, tb)
     if threading.current_thread() is threading.main_thread():
-        from . import crash
+        from . import mpiworld
 
-        if crash.should_abort():  # the other ranks may wait in a collective: end the job, as mpi4py's runner
-            crash.abort_mpi()
+        if (
+            mpiworld.should_abort()
+        ):  # the other ranks may wait in a collective: end the job, as mpi4py's runner
+            mpiworld.abort_mpi()
 
 
 def _at_exit() -> None:

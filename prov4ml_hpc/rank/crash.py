@@ -4,14 +4,12 @@ abort when the code initialised MPI (shared by the launcher, the import hook and
 from __future__ import annotations
 
 import os
-import sys
 import traceback
 from typing import Any
 
 from .. import schema
 from ..errors import Prov4mlHpcError
-
-abort_on_exception = True  # PROV4ML_HPC_MPI_ABORT, set from the run's options at start_run
+from .mpiworld import abort_mpi, mpi_initialized, should_abort  # noqa: F401 - used by the launcher and the hook
 
 
 def format_user_traceback(exc: BaseException) -> str:
@@ -39,28 +37,6 @@ def format_user_traceback(exc: BaseException) -> str:
     if kept:
         te.stack[:] = kept
     return "".join(te.format())
-
-
-def mpi_initialized() -> bool:
-    """True when the user's code imported mpi4py and MPI is initialised and not finalised (never imports it)."""
-    mod = sys.modules.get("mpi4py.MPI")
-    if mod is None:
-        return False
-    try:
-        return bool(mod.Is_initialized() and not mod.Is_finalized())
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def should_abort() -> bool:
-    """True when an uncaught exception must abort MPI_COMM_WORLD: MPI is initialised (by the code: we never
-    initialise it here), it has more than one process, and PROV4ML_HPC_MPI_ABORT is on (the default)."""
-    if not abort_on_exception or not mpi_initialized():
-        return False
-    try:
-        return sys.modules["mpi4py.MPI"].COMM_WORLD.Get_size() > 1
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def save_traceback(run: Any, text: str) -> str | None:
@@ -95,12 +71,3 @@ def record_exception(run: Any, exc_type: type[BaseException], exc: BaseException
         )
     except Prov4mlHpcError:
         pass
-
-
-def abort_mpi() -> None:
-    """MPI_Abort on COMM_WORLD (after the rank file is closed), so the other ranks do not hang (what mpi4py's
-    ``python -m mpi4py`` runner does on an uncaught exception)."""
-    mod = sys.modules["mpi4py.MPI"]
-    sys.stderr.flush()
-    sys.stdout.flush()
-    mod.COMM_WORLD.Abort(1)

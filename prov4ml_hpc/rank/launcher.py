@@ -6,7 +6,8 @@ signal handlers (:mod:`prov4ml_hpc.signals`), and always flushes and closes the 
 ``completed`` (exit code 0), ``failed`` (non-zero exit code or uncaught exception: the traceback is saved as
 an artifact) or ``cancelled``/``signalled`` (a signal).  Its own options stop at the script name; each one can
 also come from the environment variable named in :data:`OPTIONS`.  On an uncaught exception, when the code
-initialised MPI, it calls ``MPI.COMM_WORLD.Abort(1)`` after closing the file, so the other ranks do not hang.
+initialised MPI, it calls ``MPI.COMM_WORLD.Abort(1)`` after closing the file, so the other ranks do not hang
+(``PROV4ML_HPC_MPI_ABORT=0``: not).
 """
 
 from __future__ import annotations

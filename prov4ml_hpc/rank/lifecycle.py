@@ -44,10 +44,10 @@ def resolve(
 
 
 def on_start(run: Any, options: Options) -> None:
-    from . import crash
+    from . import mpiworld
 
     run.options = options
-    crash.abort_on_exception = options.mpi_abort
+    mpiworld.abort_on_exception = options.mpi_abort
     if options.system_metrics:
         try:
             from .samplers.thread import SamplerThread

@@ -19,18 +19,13 @@ A handler runs in the main thread between two bytecodes, possibly while that thr
 recorder's locks; so the recorder work is done by a short-lived helper thread that the handler waits for at
 most :data:`CLOSE_TIMEOUT` seconds, and a signal can never deadlock the process.
 
-While the main thread closes the rank file (``api.close_run``), :func:`hold` replaces the handlers of
-:data:`HELD` by one that only notes the signal: nothing can interrupt the close (a KeyboardInterrupt inside the
-HDF5 close, a process killed half-way through the final flush).  The signals are sent again, to the handlers
-that were there, the moment the file is closed; a terminating one that finds the close still running after
-:data:`CLOSE_TIMEOUT` seconds ends the process anyway (everything flushed before stays readable).
+While the main thread closes the rank file, every signal waits for the end of the close (:mod:`.holding`).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -40,12 +35,11 @@ from typing import Any
 from .. import schema, settings
 from ..errors import ConfigError
 from ..log import logger
+from . import holding
 
 SIGNALS_ENV = settings.SIGNALS
 DEFAULT_SIGNALS = ("SIGTERM", "SIGINT")
-CLOSE_TIMEOUT = (
-    10.0  # seconds a handler waits for the helper thread (normally 20-30 ms; SIGKILL bounds it anyway)
-)
+CLOSE_TIMEOUT = holding.CLOSE_TIMEOUT  # seconds a handler waits for the helper thread (normally 20-30 ms)
 
 REASONS = {
     "SIGTERM": "SIGTERM (scancel or time limit)",
@@ -54,7 +48,6 @@ REASONS = {
     "SIGUSR2": "SIGUSR2 (sbatch --signal warning before the time limit, or scancel --signal=USR2)",
 }
 TERMINATING = ("SIGTERM", "SIGINT")
-HELD = ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT")  # held while the rank file closes
 
 
 @dataclass
@@ -184,66 +177,6 @@ def close_now(status: str, reason: str) -> float | None:
     _in_helper(lambda: api.close_run(status=status, reason=reason), "close")
     state.close_seconds = time.monotonic() - t0
     return state.close_seconds
-
-
-class hold:  # noqa: N801 - used as a context manager, like contextlib's
-    """Hold the signals of :data:`HELD` while the main thread closes the rank file (see the module docstring).
-
-    Outside the main thread (a close done by a signal's helper thread) it does nothing: the main thread is then
-    inside our handler, and a repeated signal returns at once (``state.closing``).
-    """
-
-    def __init__(self) -> None:
-        self.saved: dict[int, Any] = {}
-        self.held: list[int] = []
-        self.timer: threading.Timer | None = None
-
-    def __enter__(self) -> hold:
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        for name in HELD:
-            sig = getattr(signal, name, None)
-            if sig is None:
-                continue
-            try:
-                current = signal.getsignal(sig)
-                if current is signal.SIG_IGN or current is None:  # ignored, or not set from Python
-                    continue
-                signal.signal(sig, self._note)
-                self.saved[int(sig)] = current
-            except (ValueError, OSError):  # pragma: no cover - not the main interpreter
-                continue
-        return self
-
-    def _note(self, signum: int, frame: Any) -> None:
-        self.held.append(signum)
-        if self.timer is None and signal.Signals(signum).name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"):
-            self.timer = threading.Timer(CLOSE_TIMEOUT, _give_up, (signum,))
-            self.timer.daemon = True
-            self.timer.start()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        for signum, handler in self.saved.items():
-            signal.signal(signum, handler)
-        held, self.held = self.held, []
-        for signum in dict.fromkeys(held):  # each signal once, in order, to the handler that was there
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.kill(os.getpid(), signum)  # delivered (and its Python handler run) before the next bytecode
-
-
-def _give_up(signum: int) -> None:
-    """The close did not finish within CLOSE_TIMEOUT of a terminating signal: end the process as asked."""
-    logger.warning(
-        "closing the rank file did not finish within %.0f s of %s; exiting now (everything flushed before "
-        "stays readable; the merge calls the rank partial)",
-        CLOSE_TIMEOUT,
-        signal.Signals(signum).name,
-    )
-    sys.stderr.flush()
-    os._exit(128 + signum)
 
 
 def _describe(handler: Any) -> str:

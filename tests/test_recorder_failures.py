@@ -209,3 +209,30 @@ def test_fail_writes_keeps_training_for_any_oserror(run_root, exc, monkeypatch, 
     assert p4.end_run() == "failed"
     assert run.recorder.dropped_rows == 200
     assert capsys.readouterr().err.count("writing the rank file failed") == 1
+
+
+def test_the_final_close_takes_everything_even_while_the_slow_lock_is_held(run_root):
+    """A signal's helper thread closes the run while the interrupted main thread holds the slow lock (it was
+    creating a series): the close must not wait for it forever, nor leave the pending rows and series behind."""
+    import threading
+
+    run = start(run_root, flush_interval=60)
+    for i in range(3000):
+        p4.log_metric("a", float(i), step=i)
+        p4.log_metric("b", float(i), step=i, context="v")
+    rec = run.recorder
+    statuses: list[str] = []
+    rec._slow_lock.acquire()  # as the suspended main thread would hold it
+    try:
+        closer = threading.Thread(target=lambda: statuses.append(rec.close("cancelled", "SIGTERM")))
+        t0 = time.monotonic()
+        closer.start()
+        closer.join(20)
+        elapsed = time.monotonic() - t0
+    finally:
+        rec._slow_lock.release()
+    assert statuses == ["cancelled"] and elapsed < 10
+    p4.end_run()
+    rf = p4.read_rank_file(run.rank_file)
+    assert rf.status == "cancelled" and rf.nrows == 6000
+    assert sorted(rf.series_names()) == [("training", "a"), ("v", "b")]

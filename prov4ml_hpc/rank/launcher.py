@@ -294,7 +294,15 @@ def _launch(opts: LaunchOptions) -> int:
         signals.uninstall()
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 1
-    run.started_by = "launcher"
+    except Exception as exc:  # noqa: BLE001 - a bug of ours must not cost the training: run it unrecorded
+        signals.uninstall()
+        sys.stderr.write(
+            f"{PROG}: warning: not recording this rank, the script runs anyway: {type(exc).__name__}: {exc} "
+            "(please report this)\n"
+        )
+        run = None
+    if run is not None:
+        run.started_by = "launcher"
     _set_sys_argv_and_path(opts)
     try:
         run_code(opts)

@@ -253,7 +253,12 @@ def test_a_bug_in_start_run_never_stops_the_script(tmp_path):
         "api.start_run = broken\nraise SystemExit(launcher.launch(['train.py']))\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0 and proc.stdout == "script ran\n"
     assert "not recording this rank, the script runs anyway: RuntimeError: injected bug" in proc.stderr

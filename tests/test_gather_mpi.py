@@ -1,5 +1,5 @@
-"""The in-job gather and the parallel merge under real `mpiexec` (MPICH): outputs equal a serial post-job merge,
-and a rank that never reaches end_run does not hang the others."""
+"""The in-job end of job and the parallel merge under real `mpiexec` (MPICH): outputs equal a serial post-job
+merge, and a rank that never reaches end_run does not hang the others."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ for i in range(2000):
     p4.log_metric("loss", 1.0 / (i + 1) + rank, step=i)
     if i % 100 == 0:
         p4.log_metric("acc", i / 2000, step=i, context=p4.VALIDATION)
+MPI.COMM_WORLD.Barrier()  # every rank logged everything (rank 0 starts slower: it captures the distributions)
 stop = int(os.environ.get("STOP_RANK", "-1"))
 if rank == stop:
     time.sleep(float(os.environ.get("STOP_AFTER", "0.5")))  # flushed, then dies without end_run

@@ -93,7 +93,7 @@ A_USER = "user"
 A_HOSTNAME = "hostname"  # the process's host (gethostname), beside node (SLURMD_NODENAME or the short host)
 A_SOURCE = "source"  # JSON: the script's sha256 and git state
 A_DISTRIBUTIONS = "distributions"  # JSON: installed distributions (local rank 0 of each node)
-A_DROPPED_ROWS = "dropped_rows"  # rows lost after a write failure (present only then)
+A_DROPPED_ROWS = "dropped_rows"  # rows the rank logged that its file does not hold (present only then)
 # attributes whose value is JSON text, in rank files and in run.h5 (/ranks/<stem> and the root)
 JSON_ATTRS = frozenset(
     {A_ARGV, A_ENV, A_PACKAGES, A_PROBLEMS, A_HARDWARE, A_TOTALS, A_SLURM, A_SOURCE, A_DISTRIBUTIONS}

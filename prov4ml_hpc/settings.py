@@ -64,7 +64,12 @@ _TABLE = (
     _s("ENERGY_INTERVAL", "seconds_or_off", 10.0, "seconds between codecarbon readings"),
     _s("COUNTRY", "str", "USA", "ISO 3166 alpha-3 country for codecarbon's carbon intensity"),
     # end of job
-    _s("GATHER", "bool", True, "under MPI, write run.h5 and provenance.json at end_run"),
+    _s(
+        "GATHER",
+        "bool",
+        True,
+        "multi-rank runs: rank 0 writes run.h5 and provenance.json at the end of the run",
+    ),
     _s("GATHER_TIMEOUT", "float", 60.0, "seconds the end of job waits for the other ranks", minimum=0),
     _s(
         "GRAPH",
@@ -74,6 +79,13 @@ _TABLE = (
         choices=("auto", "job", "node", "rank"),
     ),
     _s("LICENSE", "str", None, "license of exported RO-Crates: an SPDX id (CC-BY-4.0) or a URL"),
+    _s(
+        "MPI_ABORT",
+        "bool",
+        True,
+        "on an uncaught exception, when the code initialised MPI, abort MPI_COMM_WORLD after recording "
+        "(as `python -m mpi4py` does), so the other ranks do not hang in a collective",
+    ),
     # launcher and hook
     _s("SIGNALS", "str", "TERM,INT", "signals the launcher/hook record, comma-separated, or 'none'"),
     _s(
@@ -114,6 +126,7 @@ GATHER = "PROV4ML_HPC_GATHER"
 GATHER_TIMEOUT = "PROV4ML_HPC_GATHER_TIMEOUT"
 GRAPH = "PROV4ML_HPC_GRAPH"
 LICENSE = "PROV4ML_HPC_LICENSE"
+MPI_ABORT = "PROV4ML_HPC_MPI_ABORT"
 SIGNALS = "PROV4ML_HPC_SIGNALS"
 HOOK = "PROV4ML_HPC_HOOK"
 HOOK_PARENT = "PROV4ML_HPC_HOOK_PARENT"

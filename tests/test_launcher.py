@@ -242,3 +242,23 @@ def test_array_task_run_id(tmp_path, script):
     )
     assert launch(["sub/train.py"], tmp_path, env=env).returncode == 0
     assert "/slurm-500_1/ranks/rank-00000.h5" in rank_files(tmp_path)[0]
+
+
+def test_a_bug_in_start_run_never_stops_the_script(tmp_path):
+    """Setup errors (ConfigError) stop the launcher; any other failure of ours runs the script unrecorded."""
+    (tmp_path / "train.py").write_text("print('script ran')\n")
+    code = (
+        "import sys\nfrom prov4ml_hpc.rank import api, launcher\n"
+        "def broken(*a, **k):\n    raise RuntimeError('injected bug')\n"
+        "api.start_run = broken\nraise SystemExit(launcher.launch(['train.py']))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and proc.stdout == "script ran\n"
+    assert "not recording this rank, the script runs anyway: RuntimeError: injected bug" in proc.stderr

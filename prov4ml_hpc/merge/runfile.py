@@ -11,7 +11,10 @@ Layout (documented in docs/format.md, section "run.h5")::
     /aggregates/<ctx>/<name>/attempt-K  per step across the ranks of attempt K: step, count, nonfinite, min,
                                         mean, max, std (metric series only)
 
-``<ctx>`` and ``<name>`` are ``schema.escape_name`` of the user's names; the unescaped names are attributes.
+``<ctx>`` and ``<name>`` are ``schema.escape_name`` of the user's names: the exact names are always
+``schema.unescape_name`` of those links (any ``str``, NUL and lone surrogates included).  The groups' and datasets'
+``name``/``context`` attributes repeat them for h5py users (a name HDF5 cannot hold is written there with backslash
+escapes, see ``h5.attr_text``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import schema
-from ..h5 import decode_attr, encode_attr, open_h5
+from ..h5 import decode_attr, encode_attr, json_text, open_h5
 
 # the names of groups, datasets and attributes are in schema.py ("run.h5"); this module has the dtypes and paths
 SERIES_FIELDS = (("step", "<i8"), ("value", "<f8"), ("time", "<f8"))
@@ -69,7 +72,7 @@ def require_series_group(f, top: str, context: str, name: str, kind: str, unit: 
     ctx_key, name_key = schema.escape_name(context), schema.escape_name(name)
     parent = f.require_group(top)
     if ctx_key not in parent:
-        parent.create_group(ctx_key).attrs[schema.A_CONTEXT] = context
+        parent.create_group(ctx_key).attrs[schema.A_CONTEXT] = encode_attr(context)
     ctx = parent[ctx_key]
     if name_key not in ctx:
         g = ctx.create_group(name_key)
@@ -97,7 +100,10 @@ def write_json_lines(group, name: str, items: list[Any], *, ascii_only: bool = T
     """A 1-D UTF-8 string dataset, one JSON text per item (keys sorted: the same items give the same bytes)."""
     import h5py
 
-    texts = [json.dumps(x, sort_keys=True, ensure_ascii=ascii_only, default=str) for x in items]
+    if ascii_only:  # ASCII JSON: any HDF5 string holds it
+        texts = [json.dumps(x, sort_keys=True, ensure_ascii=True, default=str) for x in items]
+    else:
+        texts = [json_text(x, sort_keys=True, default=str) for x in items]
     group.create_dataset(name, data=texts, dtype=h5py.string_dtype("utf-8"), shape=(len(texts),))
 
 
@@ -190,10 +196,10 @@ def read_run_file(path: str | os.PathLike) -> RunFile:
         ranks = {stem: decode_attrs(g, schema.JSON_ATTRS) for stem, g in f.get(schema.G_RANKS, {}).items()}
         out = RunFile(path, attrs, job, ranks)
         for top, sink in ((schema.G_SERIES, out.series), (schema.G_AGGREGATES, out.aggregate_keys)):
-            for ctx_group in f.get(top, {}).values():
-                for name_group in ctx_group.values():
-                    ctx = decode_attr(name_group.attrs[schema.A_CONTEXT])
-                    name = decode_attr(name_group.attrs[schema.A_NAME])
+            for ctx_key, ctx_group in f.get(top, {}).items():
+                ctx = schema.unescape_name(ctx_key)  # exact, where the attribute may hold an escaped form
+                for name_key, name_group in ctx_group.items():
+                    name = schema.unescape_name(name_key)
                     for leaf, ds in name_group.items():
                         if top == schema.G_SERIES:
                             sink.append((ctx, name, leaf, ds.name))

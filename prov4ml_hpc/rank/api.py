@@ -1,7 +1,7 @@
 """The public logging API: module-level functions acting on this process's one active run.
 
 ``start_run`` opens this rank's buffer file in the run directory; ``log_*`` functions add to it;
-``end_run`` flushes, closes and (under MPI) lets rank 0 write the job's merged outputs.
+``end_run`` flushes, closes and (on a multi-rank run) lets rank 0 write the job's merged outputs.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ VALIDATION = "validation"
 TESTING = "testing"
 
 _active: Run | None = None
+_closing: Run | None = None  # the run close_run is closing (a second caller returns at once)
 _hot: Callable[[Any, Any, Any, Any], None] | None = None  # the active recorder's bound log_metric
 _fork_hooks_installed = False
 _forked_child_warned = False
@@ -132,7 +133,8 @@ def start_run(
         copy_artifacts: copy logged artifacts into the run directory (default False).
         system_metrics: sample CPU/memory/GPU/energy in a thread (default True, see docs/metrics.md).
         sample_interval: seconds between system samples (default 1.0).
-        gather: under MPI, let rank 0 write run.h5 and provenance.json at end_run (default True).
+        gather: on a multi-rank run, let rank 0 write run.h5 and provenance.json at end_run once every rank
+            closed its file (default True; no MPI involved, see docs/merge.md).
         graph: detail level of that provenance.json: "auto" (default, PROV4ML_HPC_GRAPH), "job", "node", "rank".
         environ: environment to read instead of os.environ (tests).
 
@@ -236,9 +238,8 @@ def start_run(
 def end_run(status: str | None = None, reason: str | None = None, *, gather: bool = True) -> str | None:
     """Flush and close this rank's file and set its final status (default "completed").
 
-    Under MPI, rank 0 then gathers the ranks and writes run.h5 and provenance.json (see docs/merge.md);
-    ``gather=False`` skips that (a failing or signalled rank must not enter a gather: `prov4ml-hpc merge` does
-    it after the job).  Under the launcher or the import hook, the script's own end_run() is left to them.
+    On a multi-rank run, rank 0 then waits for the other ranks' files to be closed and writes run.h5 and
+    provenance.json (see docs/merge.md); ``gather=False`` skips that (`prov4ml-hpc merge` does it after the job).  Under the launcher or the import hook, the script's own end_run() is left to them.
     Returns the final status, or None when no run was active.
     """
     run = _active
@@ -249,23 +250,35 @@ def end_run(status: str | None = None, reason: str | None = None, *, gather: boo
 
 
 def close_run(status: str | None = None, reason: str | None = None, *, gather: bool = True) -> str | None:
-    """end_run for the launcher, the import hook, signal handlers and interpreter exit: always closes."""
-    global _active, _hot
-    with _lock:
-        run = _active
-        if run is None:
-            return None
-        _active, _hot = None, None
-    if not gather:
-        run._end_hooks.clear()
-    from . import lifecycle
+    """end_run for the launcher, the import hook, signal handlers and interpreter exit: always closes.
 
-    # after a signal SLURM sends SIGKILL KillWait seconds later: the rank file must be closed well before,
-    # so the sampler (whose energy totals can take a second) gets half a second, not ten
-    hurry = status in (schema.STATUS_CANCELLED, schema.STATUS_SIGNALLED)
-    lifecycle.on_end(run, timeout=0.5 if hurry else 10.0)
-    final = run.recorder.close(status or schema.STATUS_COMPLETED, reason)
-    run.final_status = final
+    The run stays active until its file is closed (a signal handler arriving meanwhile finds it, and in the
+    main thread the signals are held until the file is closed: :class:`holding.hold`); then the end hooks
+    (the in-job end of job) run.
+    """
+    global _active, _hot, _closing
+    run = _active
+    if run is None:
+        return None
+    if _closing is not None:  # another caller (a signal's helper thread) is closing it
+        return run.recorder.status
+    _closing = run
+    from . import holding, lifecycle
+
+    try:
+        with holding.hold():
+            if not gather:
+                run._end_hooks.clear()
+            # after a signal SLURM sends SIGKILL KillWait seconds later: the rank file must be closed well
+            # before, so the sampler (whose energy totals can take a second) gets half a second, not ten
+            hurry = status in (schema.STATUS_CANCELLED, schema.STATUS_SIGNALLED)
+            lifecycle.on_end(run, timeout=0.5 if hurry else 10.0)
+            final = run.recorder.close(status or schema.STATUS_COMPLETED, reason)
+            run.final_status = final
+            if _active is run:  # no lock: a signal's helper thread may close while the main thread holds it
+                _active, _hot = None, None
+    finally:
+        _closing = None
     for hook in run._end_hooks:
         try:
             hook(run)
@@ -576,6 +589,13 @@ def _excepthook(exc_type, exc, tb) -> None:
         except Exception:  # noqa: BLE001, S110 - never hide the user's traceback
             pass
     (_prev_excepthook or sys.__excepthook__)(exc_type, exc, tb)
+    if threading.current_thread() is threading.main_thread():
+        from . import mpiworld
+
+        if (
+            mpiworld.should_abort()
+        ):  # the other ranks may wait in a collective: end the job, as mpi4py's runner
+            mpiworld.abort_mpi()
 
 
 def _at_exit() -> None:

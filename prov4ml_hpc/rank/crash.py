@@ -1,15 +1,15 @@
 """What happens to an uncaught exception in a rank: the traceback saved as an artifact, an event, and an MPI
-abort when the code initialised MPI (shared by the launcher and the import hook)."""
+abort when the code initialised MPI (shared by the launcher, the import hook and the API's excepthook)."""
 
 from __future__ import annotations
 
 import os
-import sys
 import traceback
 from typing import Any
 
 from .. import schema
 from ..errors import Prov4mlHpcError
+from .mpiworld import abort_mpi, mpi_initialized, should_abort  # noqa: F401 - used by the launcher and the hook
 
 
 def format_user_traceback(exc: BaseException) -> str:
@@ -37,17 +37,6 @@ def format_user_traceback(exc: BaseException) -> str:
     if kept:
         te.stack[:] = kept
     return "".join(te.format())
-
-
-def mpi_initialized() -> bool:
-    """True when the user's code imported mpi4py and MPI is initialised and not finalised (never imports it)."""
-    mod = sys.modules.get("mpi4py.MPI")
-    if mod is None:
-        return False
-    try:
-        return bool(mod.Is_initialized() and not mod.Is_finalized())
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def save_traceback(run: Any, text: str) -> str | None:
@@ -82,11 +71,3 @@ def record_exception(run: Any, exc_type: type[BaseException], exc: BaseException
         )
     except Prov4mlHpcError:
         pass
-
-
-def abort_mpi() -> None:
-    """MPI_Abort on COMM_WORLD (after the rank file is closed), so the other ranks do not hang."""
-    mod = sys.modules["mpi4py.MPI"]
-    sys.stderr.flush()
-    sys.stdout.flush()
-    mod.COMM_WORLD.Abort(1)

@@ -186,9 +186,8 @@ def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> N
                 schema.STATUS_FAILED, f"uncaught {exc_type.__name__}: {exc}"
             )
             api.close_run(status=status, reason=reason)
-    _prev_excepthook(exc_type, exc, tb)  # the API's hook: closes what is still open, prints the traceback
-    if not interrupted and crash.mpi_initialized():
-        crash.abort_mpi()
+    _prev_excepthook(exc_type, exc, tb)  # the API's hook: closes what is still open, prints the traceback,
+    # and aborts MPI when the code initialised it (crash.should_abort)
 
 
 def _at_exit() -> None:

@@ -6,7 +6,8 @@ signal handlers (:mod:`prov4ml_hpc.signals`), and always flushes and closes the 
 ``completed`` (exit code 0), ``failed`` (non-zero exit code or uncaught exception: the traceback is saved as
 an artifact) or ``cancelled``/``signalled`` (a signal).  Its own options stop at the script name; each one can
 also come from the environment variable named in :data:`OPTIONS`.  On an uncaught exception, when the code
-initialised MPI, it calls ``MPI.COMM_WORLD.Abort(1)`` after closing the file, so the other ranks do not hang.
+initialised MPI, it calls ``MPI.COMM_WORLD.Abort(1)`` after closing the file, so the other ranks do not hang
+(``PROV4ML_HPC_MPI_ABORT=0``: not).
 """
 
 from __future__ import annotations
@@ -293,7 +294,15 @@ def _launch(opts: LaunchOptions) -> int:
         signals.uninstall()
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 1
-    run.started_by = "launcher"
+    except Exception as exc:  # noqa: BLE001 - a bug of ours must not cost the training: run it unrecorded
+        signals.uninstall()
+        sys.stderr.write(
+            f"{PROG}: warning: not recording this rank, the script runs anyway: {type(exc).__name__}: {exc} "
+            "(please report this)\n"
+        )
+        run = None
+    if run is not None:
+        run.started_by = "launcher"
     _set_sys_argv_and_path(opts)
     try:
         run_code(opts)
@@ -314,7 +323,7 @@ def _launch(opts: LaunchOptions) -> int:
     except BaseException as exc:  # noqa: BLE001 - everything the script raises is recorded, then shown
         _report_exception(exc, run)
         _finish(schema.STATUS_FAILED, f"uncaught {type(exc).__name__}: {exc}", gather=False)
-        if crash.mpi_initialized():
+        if crash.should_abort():
             crash.abort_mpi()
         return 1
     _finish(schema.STATUS_COMPLETED, None, gather=True)

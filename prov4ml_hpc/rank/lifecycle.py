@@ -1,4 +1,4 @@
-"""Optional parts a run starts and stops around the recorder: the system sampler thread and the in-job gather.
+"""Optional parts a run starts and stops around the recorder: the system sampler thread and the in-job end of job.
 
 Kept apart from the API so that a failure in an optional part is reported and never stops training.
 """
@@ -22,6 +22,7 @@ class Options:
     gather: bool
     gather_timeout: float
     graph: str = "auto"  # detail level of the graph the in-job gather writes (PROV4ML_HPC_GRAPH)
+    mpi_abort: bool = True
 
 
 def resolve(
@@ -45,11 +46,15 @@ def resolve(
         gather=settings.get(settings.GATHER, env, gather),
         gather_timeout=settings.get(settings.GATHER_TIMEOUT, env),
         graph=settings.get(settings.GRAPH, env, graph),
+        mpi_abort=settings.get(settings.MPI_ABORT, env),
     )
 
 
 def on_start(run: Any, options: Options) -> None:
+    from . import mpiworld
+
     run.options = options
+    mpiworld.abort_on_exception = options.mpi_abort
     if options.system_metrics:
         try:
             from .samplers.thread import SamplerThread
@@ -61,7 +66,8 @@ def on_start(run: Any, options: Options) -> None:
             run.recorder.problem(
                 "sampler_start_failed", f"system sampling could not start: {type(exc).__name__}: {exc}"
             )
-    # the gather talks MPI: not for torchrun/torch.distributed jobs (merge after the job instead)
+    # the end of job (merge/gather.py) waits for the other ranks' files, without MPI; not for torchrun jobs yet,
+    # whose agent may restart the workers (merge after the job)
     if run.world_size > 1 and run.identity.source != "torchrun" and options.gather:
         try:
             from ..merge.gather import gather_at_end

@@ -104,13 +104,18 @@ _ABANDONED: list[Any] = []
 
 def redirect_to_devnull(fd: int | None) -> None:
     """Point fd at an anonymous in-memory file (Linux memfd; /dev/null elsewhere) that accepts writes and
-    truncation, so HDF5 can finish whatever it wants to do with the handle without touching the real file."""
+    truncation, so HDF5 can finish whatever it wants to do with the handle without touching the real file.
+
+    Under a file size limit (``ulimit -f``) a memfd is limited too, and HDF5's exit-time writes past it would
+    fail and crash the interpreter at exit (SIGSEGV): /dev/null, which has no size, is used then."""
     if fd is None:
         return
-    try:
-        sink = os.memfd_create("prov4ml-hpc-detached") if hasattr(os, "memfd_create") else None
-    except OSError:
-        sink = None
+    sink = None
+    if hasattr(os, "memfd_create") and not _size_limited():
+        try:
+            sink = os.memfd_create("prov4ml-hpc-detached")
+        except OSError:
+            sink = None
     try:
         if sink is None:
             sink = os.open(os.devnull, os.O_RDWR)
@@ -118,3 +123,12 @@ def redirect_to_devnull(fd: int | None) -> None:
         os.close(sink)
     except OSError:
         pass
+
+
+def _size_limited() -> bool:
+    try:
+        import resource
+
+        return resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+    except (ImportError, OSError, ValueError):
+        return False

@@ -18,6 +18,8 @@ signal of ``#SBATCH --signal``).  What a signal does (docs/slurm.md, "Signals"):
 A handler runs in the main thread between two bytecodes, possibly while that thread holds one of the
 recorder's locks; so the recorder work is done by a short-lived helper thread that the handler waits for at
 most :data:`CLOSE_TIMEOUT` seconds, and a signal can never deadlock the process.
+
+While the main thread closes the rank file, every signal waits for the end of the close (:mod:`.holding`).
 """
 
 from __future__ import annotations
@@ -33,12 +35,11 @@ from typing import Any
 from .. import schema, settings
 from ..errors import ConfigError
 from ..log import logger
+from . import holding
 
 SIGNALS_ENV = settings.SIGNALS
 DEFAULT_SIGNALS = ("SIGTERM", "SIGINT")
-CLOSE_TIMEOUT = (
-    10.0  # seconds a handler waits for the helper thread (normally 20-30 ms; SIGKILL bounds it anyway)
-)
+CLOSE_TIMEOUT = holding.CLOSE_TIMEOUT  # seconds a handler waits for the helper thread (normally 20-30 ms)
 
 REASONS = {
     "SIGTERM": "SIGTERM (scancel or time limit)",

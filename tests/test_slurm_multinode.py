@@ -287,6 +287,7 @@ GRAPH_STATE_FIELDS = (
 def _split_job_state(run: dict, g: dict) -> tuple[dict, dict]:
     """Take the job's SLURM state out of a run.h5 dump and a graph (in place); return both taken parts."""
     from_run = {k: run["job"].pop(k) for k in JOB_STATE_FIELDS}
+    run["/"].pop(schema.A_PROVENANCE_SHA256)  # the hash of a graph that holds the job's state
     (job,) = activities(g, "prov4ml:Job")
     from_graph = {k: job.pop(k, None) for k in GRAPH_STATE_FIELDS}
     return from_run, from_graph
@@ -596,8 +597,7 @@ srun {PY} -m prov4ml_hpc.run {tmp_path}/fail.py
         2: schema.STATUS_COMPLETED,
         3: schema.STATUS_FAILED,
     }
-    assert not (
-        path / schema.RUN_FILE
-    ).exists()  # no in-job gather without MPI: the merge is for after the job
+    # the end of job needs no MPI (rank 0 waits for the other ranks' closed files): merged in the job
+    assert (path / schema.RUN_FILE).exists() and (path / schema.PROV_FILE).exists()
     merged = merge_cli(cluster, path)
     assert merged.returncode == 0, merged.stderr

@@ -433,12 +433,22 @@ def run_cmd(args: tuple[str, ...]) -> None:
 @click.option("--mpi", default=None, help="srun --mpi value, e.g. pmi2 or pmix")
 @click.option("--run-path", default=None, help="merge template: the run directory to merge")
 @click.option("--dependency", default=None, help="merge template: e.g. afterany:1234")
-@click.option("--submit", is_flag=True, help="submit with sbatch (prints the job ids) instead of printing")
-def sbatch(template: str, command: tuple[str, ...], hook: bool, submit: bool, **options) -> None:
+@click.option(
+    "--detect/--no-detect",
+    default=True,
+    help="fill --gpus-per-node, --ntasks-per-node (and --nodes of multi-node) from what `sinfo` says the "
+    "partition has, and check the request against it [default: when sinfo answers]",
+)
+@click.option("--submit", is_flag=True, help="submit with sbatch (prints the job id) instead of printing")
+def sbatch(
+    template: str, command: tuple[str, ...], hook: bool, detect: bool, submit: bool, **options
+) -> None:
     """Render a job script from the shipped templates (print it, or --submit it).
 
     The training command goes after `--`: prov4ml-hpc sbatch single-node --nodes 1 -- train.py --lr 0.1
-    Every value is validated and every command word shell-quoted.
+    Every value is validated and every command word shell-quoted; in the array template the word part
+    {task_id} becomes the task's $SLURM_ARRAY_TASK_ID (`-- sweep.py --seed {task_id}`).  The default records
+    through the launcher (`srun python3 -m prov4ml_hpc.run train.py`); --hook uses the import hook instead.
     """
     from .jobscripts.render import render_template
     from .jobscripts.render import submit as submit_job
@@ -450,12 +460,63 @@ def sbatch(template: str, command: tuple[str, ...], hook: bool, submit: bool, **
         opts["command"] = list(command)
     elif template != "merge":
         raise click.UsageError("give the training command after `--`, e.g. `-- train.py --epochs 10`")
+    if detect and template != "merge":
+        _fit_cluster(template, opts, strict=submit)
     text = render_template(template, **opts)
-    if submit:
-        for job_id in submit_job(text):
-            click.echo(job_id)
-    else:
+    if not submit:
         click.echo(text, nl=False)
+        return
+    job_id = submit_job(text)[0]
+    click.echo(job_id)
+    _say_what_was_submitted(template, job_id, opts)
+
+
+def _fit_cluster(template: str, opts: dict, *, strict: bool) -> None:
+    """Defaults from the partition sinfo describes, and a clear stop (or, printing only, a warning) for a job
+    it cannot run."""
+    from .jobscripts.cluster import fit_defaults, problems, query_partition
+    from .jobscripts.render import effective_options
+
+    part = query_partition(opts.get("partition"))
+    if part is None:
+        return
+    chosen, notes = fit_defaults(template, opts, part)
+    opts.update(chosen)
+    for note in notes:
+        click.echo(f"prov4ml-hpc sbatch: {note}", err=True)
+    bad = problems(effective_options(template, **opts), part)
+    if bad and strict:
+        raise click.ClickException(
+            "this job cannot run on this cluster, nothing was submitted:\n  - " + "\n  - ".join(bad)
+        )
+    for text in bad:
+        click.echo(f"prov4ml-hpc sbatch: warning: {text}", err=True)
+
+
+def _say_what_was_submitted(template: str, job_id: str, opts: dict) -> None:
+    """Where the job's run directory will be and how it gets merged (on stderr; stdout has the job id)."""
+    if template == "merge":
+        return
+    root = os.path.abspath(opts.get("run_dir") or os.environ.get("PROV4ML_HPC_RUN_DIR") or "prov4ml_runs")
+    experiment = opts.get("experiment") or os.environ.get("PROV4ML_HPC_EXPERIMENT") or "experiment"
+    base = os.path.join(root, experiment)
+    if template == "array":
+        run = os.path.join(base, f"slurm-{job_id}_TASK")
+        click.echo(f"run directories: {run} (one per array task, TASK = its id)", err=True)
+    else:
+        run = os.path.join(base, f"slurm-{job_id}")
+        click.echo(f"run directory: {run}", err=True)
+    name = f"merge-{opts.get('job_name') or 'prov4ml'}"
+    if opts.get("merge", True):
+        who = "each array task submits its own" if template == "array" else f"job {job_id} submits it"
+        click.echo(
+            f"merge job: {who} when it starts ({name}, --dependency=afterany:{job_id}; `squeue --name={name}`); "
+            f"if compute nodes may not submit jobs, the job's output says so: then run "
+            f"`prov4ml-hpc merge {run}` after it",
+            err=True,
+        )
+    else:
+        click.echo(f"merge job: none (--no-merge); after the job run `prov4ml-hpc merge {run}`", err=True)
 
 
 # ---- settings ------------------------------------------------------------------------------------------

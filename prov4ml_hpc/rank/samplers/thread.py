@@ -79,9 +79,8 @@ class SamplerThread:
                 env,
             )
         self.sources: list[Source] = list(sources)
-        self._gates: list[
-            _GatedSink
-        ] = []  # every source writes through one, closed once the sampler has stopped
+        # every source writes through a gate, closed once the sampler has stopped
+        self._gates: list[_GatedSink] = []
         for source in self.sources:
             if not isinstance(source.sink, _GatedSink):
                 source.sink = _GatedSink(source.sink)

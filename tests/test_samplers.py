@@ -694,6 +694,51 @@ def test_energy_real_codecarbon_through_thread(tmp_path, monkeypatch):
     assert not [t for t in threading.enumerate() if t.name == "prov4ml-hpc-sampler"]
 
 
+STOP_EARLY = r"""
+import json, os, sys, time
+from prov4ml_hpc.job.environment import Identity
+from prov4ml_hpc.rank.samplers import MemorySink, SamplerThread
+sink = MemorySink()
+ident = Identity(global_rank=0, local_rank=0, world_size=1, node="n1")
+sampler = SamplerThread(sink, ident, interval=0.5, gpu=False, energy=True, rapl_root=sys.argv[1], environ={})
+sampler.start()
+time.sleep(0.2)
+t0 = time.monotonic()
+ok = sampler.stop(timeout=10)
+took = time.monotonic() - t0
+before = (dict(sink.totals), sorted(sink.names()))
+ready = sampler.wait_ready(60)
+print(json.dumps({"ok": ok, "took": took, "before": before, "ready": ready, "totals": sink.totals,
+                  "hardware": sorted(sink.hardware), "problems": sink.problems}))
+"""
+
+
+@pytest.mark.slow
+def test_stop_before_codecarbon_started_is_immediate_and_says_so(tmp_path):
+    """A run shorter than codecarbon's start-up (a fresh process: codecarbon caches its hardware detection):
+    stop() returns at once, the totals say what the run got, and the late start-up writes nothing."""
+    pytest.importorskip("codecarbon")
+    import json
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-c", STOP_EARLY, str(tmp_path / "none")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout.splitlines()[-1])
+    assert r["ok"] and r["took"] < 0.1, r
+    totals, names = r["before"]
+    assert totals["energy_source"].startswith("none: sampling stopped 0.")
+    assert "before codecarbon's tracker had finished starting" in totals["energy_source"]
+    assert "energy_kwh" not in totals and not [n for n in names if n.startswith("energy.")]
+    assert r["ready"] and r["totals"] == totals and "codecarbon" not in r["hardware"] and r["problems"] == {}
+    assert list(tmp_path.iterdir()) == []  # no emissions.csv, no lock file
+
+
 def test_energy_missing_codecarbon_reported(monkeypatch):
     monkeypatch.delenv("PROV4ML_HPC_COUNTRY", raising=False)
     monkeypatch.delenv("CODECARBON_LOG_LEVEL", raising=False)

@@ -123,7 +123,7 @@ def test_demo_report_has_real_content_in_every_section(demo, tmp_path, monkeypat
     """Re-draws the demo's report in this process and reads every figure's content before it is saved."""
     from matplotlib.figure import Figure
 
-    from prov4ml_hpc.view.inspect import load_run, summarize_info
+    from prov4ml_hpc.view.inspect import summarize
     from prov4ml_hpc.view.report import write_report
 
     _, run_dir = demo
@@ -141,7 +141,7 @@ def test_demo_report_has_real_content_in_every_section(demo, tmp_path, monkeypat
     page = Path(index).read_text()
     assert page.count("<img") == shipped.count("<img")
 
-    summary = summarize_info(load_run(str(run_dir)))
+    summary = summarize(run_dir)
     assert summary["job"]["elapsed_s"] > 5  # a real run: not 0:00:00
 
     # metrics: one plot per series, step on x, the name on y, mean of the 4 ranks and each rank in the legend

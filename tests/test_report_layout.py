@@ -99,11 +99,11 @@ def merged(tmp_path_factory):
 
 
 def test_real_provenance_graph_and_summary_drawn(merged):
-    from prov4ml_hpc.view.inspect import load_run, summarize_info
+    from prov4ml_hpc.view.inspect import summarize
 
     for dot in (
         to_dot(load_prov_json(f"{merged}/provenance.json")),
-        summary_dot(summarize_info(load_run(merged))),
+        summary_dot(summarize(merged)),
     ):
         nodes, edges = parse_dot(dot)
         assert len(nodes) >= 5 and edges

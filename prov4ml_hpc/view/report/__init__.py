@@ -44,7 +44,8 @@ def no_gpu_note(ranks: list) -> str:
     """Why the GPU section has no plot, from what the ranks' GPU samplers recorded (``gpu_status``)."""
     seen: dict[str, set[str]] = {}  # reason -> nodes
     for r in ranks:
-        hw = r.attrs.get(schema.A_HARDWARE)
+        attrs = getattr(r, "meta", None) or getattr(r, "attrs", None) or {}  # the rank file's attributes
+        hw = attrs.get(schema.A_HARDWARE)
         status = hw.get("gpu_status") if isinstance(hw, dict) else None
         if isinstance(status, str) and status.startswith("no GPU"):
             seen.setdefault(status.removeprefix("no GPU").lstrip(": "), set()).add(r.node or "?")

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import click
 
@@ -60,8 +61,8 @@ def find_mpiexec() -> str | None:
     type=click.Path(file_okay=False),
     help="RUN_ROOT for the demo [default: a fresh ./prov4ml-demo-<time> folder]",
 )
-@click.option("--epochs", default=5, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--steps-per-epoch", default=200, show_default=True, type=click.IntRange(1, 10**6))
+@click.option("--epochs", default=8, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--steps-per-epoch", default=100, show_default=True, type=click.IntRange(1, 10**6))
 @click.option(
     "--report/--no-report", default=True, show_default=True, help="write the HTML report at the end"
 )
@@ -75,7 +76,10 @@ def find_mpiexec() -> str | None:
 def demo(
     ranks: int, run_dir: str | None, epochs: int, steps_per_epoch: int, report: bool, timeout: int
 ) -> None:
-    """Run the embedded demo: a small data-parallel training on N local MPI ranks, then merge and report."""
+    """Run the embedded demo: a small data-parallel training on N local MPI ranks, then merge and report.
+
+    With the defaults the training takes about 15-30 s on 2 cores (8 epochs of an MLP on 4 ranks).
+    """
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise click.ClickException('mpiexec not found: install an MPI, e.g. pip install "prov4ml-hpc[mpich]"')
@@ -83,6 +87,9 @@ def demo(
     root = os.path.abspath(run_dir or f"prov4ml-demo-{stamp}")
     run_id = f"demo-{stamp}"
     env = dict(os.environ, PROV4ML_HPC_RUN_DIR=root, PROV4ML_HPC_RUN_ID=run_id, MPIEXEC_TIMEOUT=str(timeout))
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(name, "1")  # N ranks on a few cores: one BLAS thread each, no oversubscription
+    env.setdefault("PROV4ML_HPC_ENERGY_INTERVAL", "2")  # a short run: an energy reading every 2 s, not 10
     cmd = [
         mpiexec,
         "-n",
@@ -97,7 +104,9 @@ def demo(
         str(steps_per_epoch),
     ]
     click.echo(f"prov4ml-hpc demo: {ranks} ranks with {os.path.basename(mpiexec)}, run root {root}", err=True)
+    t0 = time.monotonic()
     proc = subprocess.run(cmd, env=env, timeout=timeout + 30, check=False)
+    click.echo(f"prov4ml-hpc demo: the training took {time.monotonic() - t0:.1f} s", err=True)
     run_path = os.path.join(root, "demo", run_id)
     if proc.returncode != 0:
         raise click.ClickException(
@@ -144,6 +153,10 @@ def _print_run_files(run_path: str) -> None:
         path = os.path.join(run_path, out)
         if os.path.exists(path):
             click.echo(f"  {out}: {os.path.getsize(path):,} bytes")
+    index = os.path.join(run_path, schema.REPORT_DIR, "index.html")
+    if os.path.exists(index):
+        click.echo(f"report: file://{index}")
+    click.echo(f"next: prov4ml-hpc inspect {run_path}")
 
 
 # ---- merge ---------------------------------------------------------------------------------------------
@@ -458,12 +471,22 @@ def run_cmd(args: tuple[str, ...]) -> None:
 @click.option("--mpi", default=None, help="srun --mpi value, e.g. pmi2 or pmix")
 @click.option("--run-path", default=None, help="merge template: the run directory to merge")
 @click.option("--dependency", default=None, help="merge template: e.g. afterany:1234")
-@click.option("--submit", is_flag=True, help="submit with sbatch (prints the job ids) instead of printing")
-def sbatch(template: str, command: tuple[str, ...], hook: bool, submit: bool, **options) -> None:
+@click.option(
+    "--detect/--no-detect",
+    default=True,
+    help="fill --gpus-per-node, --ntasks-per-node (and --nodes of multi-node) from what `sinfo` says the "
+    "partition has, and check the request against it [default: when sinfo answers]",
+)
+@click.option("--submit", is_flag=True, help="submit with sbatch (prints the job id) instead of printing")
+def sbatch(
+    template: str, command: tuple[str, ...], hook: bool, detect: bool, submit: bool, **options
+) -> None:
     """Render a job script from the shipped templates (print it, or --submit it).
 
     The training command goes after `--`: prov4ml-hpc sbatch single-node --nodes 1 -- train.py --lr 0.1
-    Every value is validated and every command word shell-quoted.
+    Every value is validated and every command word shell-quoted; in the array template the word part
+    {task_id} becomes the task's $SLURM_ARRAY_TASK_ID (`-- sweep.py --seed {task_id}`).  The default records
+    through the launcher (`srun python3 -m prov4ml_hpc.run train.py`); --hook uses the import hook instead.
     """
     from .jobscripts.render import render_template
     from .jobscripts.render import submit as submit_job
@@ -475,12 +498,63 @@ def sbatch(template: str, command: tuple[str, ...], hook: bool, submit: bool, **
         opts["command"] = list(command)
     elif template != "merge":
         raise click.UsageError("give the training command after `--`, e.g. `-- train.py --epochs 10`")
+    if detect and template != "merge":
+        _fit_cluster(template, opts, strict=submit)
     text = render_template(template, **opts)
-    if submit:
-        for job_id in submit_job(text):
-            click.echo(job_id)
-    else:
+    if not submit:
         click.echo(text, nl=False)
+        return
+    job_id = submit_job(text)[0]
+    click.echo(job_id)
+    _say_what_was_submitted(template, job_id, opts)
+
+
+def _fit_cluster(template: str, opts: dict, *, strict: bool) -> None:
+    """Defaults from the partition sinfo describes, and a clear stop (or, printing only, a warning) for a job
+    it cannot run."""
+    from .jobscripts.cluster import fit_defaults, problems, query_partition
+    from .jobscripts.render import effective_options
+
+    part = query_partition(opts.get("partition"))
+    if part is None:
+        return
+    chosen, notes = fit_defaults(template, opts, part)
+    opts.update(chosen)
+    for note in notes:
+        click.echo(f"prov4ml-hpc sbatch: {note}", err=True)
+    bad = problems(effective_options(template, **opts), part)
+    if bad and strict:
+        raise click.ClickException(
+            "this job cannot run on this cluster, nothing was submitted:\n  - " + "\n  - ".join(bad)
+        )
+    for text in bad:
+        click.echo(f"prov4ml-hpc sbatch: warning: {text}", err=True)
+
+
+def _say_what_was_submitted(template: str, job_id: str, opts: dict) -> None:
+    """Where the job's run directory will be and how it gets merged (on stderr; stdout has the job id)."""
+    if template == "merge":
+        return
+    root = os.path.abspath(opts.get("run_dir") or os.environ.get("PROV4ML_HPC_RUN_DIR") or "prov4ml_runs")
+    experiment = opts.get("experiment") or os.environ.get("PROV4ML_HPC_EXPERIMENT") or "experiment"
+    base = os.path.join(root, experiment)
+    if template == "array":
+        run = os.path.join(base, f"slurm-{job_id}_TASK")
+        click.echo(f"run directories: {run} (one per array task, TASK = its id)", err=True)
+    else:
+        run = os.path.join(base, f"slurm-{job_id}")
+        click.echo(f"run directory: {run}", err=True)
+    name = f"merge-{opts.get('job_name') or 'prov4ml'}"
+    if opts.get("merge", True):
+        who = "each array task submits its own" if template == "array" else f"job {job_id} submits it"
+        click.echo(
+            f"merge job: {who} when it starts ({name}, --dependency=afterany:{job_id}; `squeue --name={name}`); "
+            f"if compute nodes may not submit jobs, the job's output says so: then run "
+            f"`prov4ml-hpc merge {run}` after it",
+            err=True,
+        )
+    else:
+        click.echo(f"merge job: none (--no-merge); after the job run `prov4ml-hpc merge {run}`", err=True)
 
 
 # ---- settings ------------------------------------------------------------------------------------------

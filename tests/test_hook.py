@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from conftest import clean_env
@@ -215,6 +216,19 @@ def test_pth_in_a_venv_and_both_mechanisms_record_once(tmp_path, unmodified):
         timeout=120,
     )
     py = str(venv / "bin" / "python")
+    if sys.prefix != sys.base_prefix:
+        # these tests run in a venv themselves: the new venv's "system" site folder is the base interpreter's,
+        # without prov4ml_hpc; add ours as a later site folder (after prov4ml_hpc_hook.pth, like the system one)
+        import site
+
+        later = subprocess.run(
+            [py, "-c", "import site; print(site.getsitepackages()[0])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirs = [d for d in site.getsitepackages() if d.startswith(sys.prefix)]
+        Path(later, "zz-outer-site.pth").write_text(f"import site; [site.addsitedir(d) for d in {dirs!r}]\n")
     pth = subprocess.run(
         [py, "-m", "prov4ml_hpc.hook", "install"],
         capture_output=True,

@@ -76,8 +76,7 @@ def test_report_of_merged_run(merged_run):
     assert sum(n.startswith("metric-") for n in names) == 3  # accuracy, loss, val_loss
     assert "no GPU samples" in text and "no node samples" in text
     assert "lr" in text and "train-data" in text and "failed" in text
-    if shutil.which("dot"):
-        assert any(s.endswith(".svg") for s in parser.imgs)
+    assert any(s.endswith(".svg") for s in parser.imgs)  # graphviz, or the pure-Python layout without it
     print(f"report of a 4-rank run: {took:.2f} s")
 
 

@@ -464,14 +464,20 @@ class Slow(Source):
     name = "slow"
     slow = True
 
-    def __init__(self, sink):
+    def __init__(self, sink, setup_s=0.5):
         super().__init__(sink)
+        self.setup_s = setup_s
         self.setup_thread = None
+        self.setup_done = threading.Event()
         self.stopped = False
+        self.skipped_after = None
+        self.abandoned = False
 
     def setup(self):
         self.setup_thread = threading.current_thread().name
-        time.sleep(0.5)
+        time.sleep(self.setup_s)
+        self.sink.update_hardware({"slow": "started"})
+        self.setup_done.set()
 
     def sample(self, t):
         self.emit("slow.value", 1.0, "count", t)
@@ -479,6 +485,13 @@ class Slow(Source):
     def stop(self, t):
         self.stopped = True
         self.sink.update_totals({"slow": 1})
+
+    def skipped(self, t, elapsed):
+        self.skipped_after = elapsed
+        self.sink.update_totals({"slow": "skipped"})
+
+    def abandon(self):
+        self.abandoned = True
 
 
 IDENT0 = Identity(global_rank=0, local_rank=0, world_size=2, node="n1")
@@ -572,8 +585,51 @@ def test_slow_source_set_up_on_the_thread_not_the_caller():
     assert time.monotonic() - t0 < 0.3
     time.sleep(0.8)
     sampler.stop()
-    assert slow.setup_thread == "prov4ml-hpc-sampler" and slow.stopped
+    assert slow.setup_thread == "prov4ml-hpc-energy-start" and slow.stopped
     assert sink.totals == {"slow": 1} and len(sink.series("slow.value")) >= 2
+    assert slow.skipped_after is None and not slow.abandoned
+
+
+def test_host_sampled_while_a_slow_source_starts():
+    sink = MemorySink()
+    sampler = SamplerThread(
+        sink, IDENT0, interval=0.05, sources=[HostSource(sink, True), Slow(sink, 0.6)], environ={}
+    )
+    sampler.start()
+    time.sleep(0.5)
+    n = len(sink.series("process.rss"))
+    sampler.stop()
+    assert n >= 6  # one every 0.05 s from the start, not only after the slow setup returned
+
+
+def test_stop_never_waits_for_a_slow_source_still_starting():
+    """A run shorter than codecarbon's start-up: stop() returns at once, records what the run gets instead
+    (skipped), and the setup returning later is released without writing anything into the sink."""
+    sink = MemorySink()
+    slow = Slow(sink, setup_s=1.0)
+    sampler = SamplerThread(sink, IDENT0, interval=0.05, sources=[HostSource(sink, True), slow], environ={})
+    sampler.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    assert sampler.stop(timeout=10)
+    assert time.monotonic() - t0 < 0.1
+    assert sink.totals == {"slow": "skipped"} and 0.15 < slow.skipped_after < 1.0
+    assert not slow.stopped and len(sink.series("process.rss")) >= 3 and sink.problems == {}
+    assert slow.setup_done.wait(5) and sampler.wait_ready(5)
+    assert slow.abandoned and "slow" not in sink.hardware  # its late write went nowhere
+    assert not [t for t in threading.enumerate() if t.name.startswith("prov4ml-hpc-")]
+
+
+def test_stop_before_a_slow_source_began_never_starts_it():
+    sink = MemorySink()
+    first, second = Slow(sink, setup_s=0.6), Slow(sink, setup_s=0.0)
+    sampler = SamplerThread(sink, IDENT0, interval=0.05, sources=[first, second], environ={})
+    sampler.start()
+    time.sleep(0.1)
+    sampler.stop()
+    assert first.setup_done.wait(5) and sampler.wait_ready(5)
+    assert first.abandoned and first.skipped_after is not None
+    assert second.setup_thread is None and second.skipped_after is not None and not second.abandoned
 
 
 def test_config_from_environment():
@@ -636,6 +692,51 @@ def test_energy_real_codecarbon_through_thread(tmp_path, monkeypatch):
     assert sink.hardware["codecarbon"]["cpu_count"] >= 1 and sink.hardware["rapl_status"].startswith("absent")
     assert list(tmp_path.iterdir()) == []  # no emissions.csv, no lock file
     assert not [t for t in threading.enumerate() if t.name == "prov4ml-hpc-sampler"]
+
+
+STOP_EARLY = r"""
+import json, os, sys, time
+from prov4ml_hpc.job.environment import Identity
+from prov4ml_hpc.rank.samplers import MemorySink, SamplerThread
+sink = MemorySink()
+ident = Identity(global_rank=0, local_rank=0, world_size=1, node="n1")
+sampler = SamplerThread(sink, ident, interval=0.5, gpu=False, energy=True, rapl_root=sys.argv[1], environ={})
+sampler.start()
+time.sleep(0.2)
+t0 = time.monotonic()
+ok = sampler.stop(timeout=10)
+took = time.monotonic() - t0
+before = (dict(sink.totals), sorted(sink.names()))
+ready = sampler.wait_ready(60)
+print(json.dumps({"ok": ok, "took": took, "before": before, "ready": ready, "totals": sink.totals,
+                  "hardware": sorted(sink.hardware), "problems": sink.problems}))
+"""
+
+
+@pytest.mark.slow
+def test_stop_before_codecarbon_started_is_immediate_and_says_so(tmp_path):
+    """A run shorter than codecarbon's start-up (a fresh process: codecarbon caches its hardware detection):
+    stop() returns at once, the totals say what the run got, and the late start-up writes nothing."""
+    pytest.importorskip("codecarbon")
+    import json
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-c", STOP_EARLY, str(tmp_path / "none")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout.splitlines()[-1])
+    assert r["ok"] and r["took"] < 0.1, r
+    totals, names = r["before"]
+    assert totals["energy_source"].startswith("none: sampling stopped 0.")
+    assert "before codecarbon's tracker had finished starting" in totals["energy_source"]
+    assert "energy_kwh" not in totals and not [n for n in names if n.startswith("energy.")]
+    assert r["ready"] and r["totals"] == totals and "codecarbon" not in r["hardware"] and r["problems"] == {}
+    assert list(tmp_path.iterdir()) == []  # no emissions.csv, no lock file
 
 
 def test_energy_missing_codecarbon_reported(monkeypatch):

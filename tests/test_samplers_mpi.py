@@ -13,6 +13,8 @@ SCRIPT = r"""
 import sys, time
 import prov4ml_hpc as p4
 run = p4.start_run('nodes', sys.argv[1], run_id='dedup', sample_interval=0.2, gather=False)
+# a run shorter than codecarbon's start-up gets no codecarbon figures (end_run never waits for it): wait here
+assert run.sampler.wait_ready(120)
 t = time.time()
 while time.time() - t < 2.5:
     sum(i * i for i in range(20000))

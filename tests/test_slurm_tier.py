@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -282,3 +283,119 @@ def test_batch_signal_is_forwarded_and_recorded_as_a_warning(slurm_cluster, tmp_
     slurm_cluster._run(["scancel", job_id])
     assert slurm_cluster.wait(job_id, timeout=60) == "CANCELLED"
     assert set(statuses(path).values()) == {schema.STATUS_CANCELLED}
+
+
+# ---- `prov4ml-hpc sbatch ... --submit` as a user types it: defaults from this cluster's sinfo -----------------
+def sbatch_cli(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess, from `folder` (the submit dir), with the test cluster's SLURM_CONF."""
+    return subprocess.run(
+        [sys.executable, "-m", "prov4ml_hpc", "sbatch", *args],
+        cwd=folder,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def cli_options(folder: Path, name: str) -> list[str]:
+    return ["--job-name", name, "--time", "5", "--python", sys.executable, "--output", f"{folder}/out-%j.txt"]
+
+
+def merge_job_of(cluster: SlurmCluster, folder: Path, job_id: str) -> str:
+    out = (folder / f"out-{job_id}.txt").read_text()
+    merge_id = re.search(r"^(\d+)$", out, re.M).group(1)  # sbatch --parsable's answer in the job's output
+    assert cluster.wait(merge_id, timeout=90) == "COMPLETED", (
+        folder / f"prov4ml-merge-{merge_id}.out"
+    ).read_text()
+    return merge_id
+
+
+def test_cli_submit_with_defaults_that_fit_a_cpu_cluster(slurm_cluster, tmp_path):
+    """No --gpus-per-node on a partition without GPUs: the job runs (the template's default of 4 GPUs used to be
+    refused with "Invalid generic resource (gres) specification"), and --submit says where the run goes."""
+    (tmp_path / "train.py").write_text(TRAIN)
+    proc = sbatch_cli(
+        tmp_path, "single-node", *cli_options(tmp_path, "p4-cli"), "--submit", "--", "train.py", "20"
+    )
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip()
+    assert job_id.isdigit()
+    assert "partition debug: 1 node(s), 8 CPUs and no GPUs per node" in proc.stderr
+    assert "--gpus-per-node=0, --ntasks-per-node=4" in proc.stderr
+    path = tmp_path / "prov4ml_runs" / "experiment" / f"slurm-{job_id}"
+    assert f"run directory: {path}\n" in proc.stderr
+    assert (
+        f"merge job: job {job_id} submits it when it starts (merge-p4-cli, --dependency=afterany:{job_id}"
+        in proc.stderr
+    )
+    assert slurm_cluster.wait(job_id, timeout=90) == "COMPLETED", (tmp_path / f"out-{job_id}.txt").read_text()
+    assert statuses(path) == {f"rank-{r:05d}.h5": schema.STATUS_COMPLETED for r in range(4)}
+    merge_job_of(slurm_cluster, tmp_path, job_id)
+    assert (path / schema.PROV_FILE).exists() and (path / schema.RUN_FILE).exists()
+
+
+def test_cli_refuses_what_the_partition_cannot_run(slurm_cluster, tmp_path):
+    for args, why in (
+        (
+            ["multi-node", "--nodes", "2"],
+            "--nodes=2 but partition debug has 1 node(s): the job would pend forever",
+        ),
+        (["single-node", "--gpus-per-node", "1"], "Invalid generic resource (gres) specification"),
+        (["single-node", "--time", "2:00:00"], "allows at most 01:00:00"),
+    ):
+        opts = cli_options(tmp_path, "p4-refused")
+        if "--time" in args:
+            opts = opts[:2] + opts[4:]
+        proc = sbatch_cli(tmp_path, *args, *opts, "--submit", "--", "train.py")
+        assert proc.returncode == 1 and why in proc.stderr and "nothing was submitted" in proc.stderr, (
+            proc.stderr
+        )
+    queued = slurm_cluster._run(["squeue", "-h", "--name=p4-refused", "-o", "%i"]).stdout
+    assert queued.strip() == ""
+
+
+def test_cli_multi_node_default_fits_a_one_node_partition(slurm_cluster, tmp_path):
+    (tmp_path / "port.py").write_text(
+        "import os\nimport prov4ml_hpc as p4\np4.log_param('port', os.environ['MASTER_PORT'])\n"
+        "print('MASTER_PORT', os.environ['MASTER_PORT'], flush=True)\n"
+    )
+    opts = [*cli_options(tmp_path, "p4-cli-mn"), "--ntasks-per-node", "1"]
+    proc = sbatch_cli(tmp_path, "multi-node", *opts, "--submit", "--", "port.py")
+    assert proc.returncode == 0 and "--nodes=1" in proc.stderr, proc.stderr
+    job_id = proc.stdout.strip()
+    assert slurm_cluster.wait(job_id, timeout=90) == "COMPLETED", (tmp_path / f"out-{job_id}.txt").read_text()
+    assert f"MASTER_PORT {29500 + int(job_id) % 1000}" in (tmp_path / f"out-{job_id}.txt").read_text()
+
+
+def test_cli_hook_runs_a_plain_script_that_is_not_executable(slurm_cluster, tmp_path):
+    """`--hook -- plain.py` used to exec plain.py itself: Permission denied, then a failing merge job."""
+    (tmp_path / "plain.py").write_text(UNMODIFIED)
+    assert not os.access(tmp_path / "plain.py", os.X_OK)
+    proc = sbatch_cli(
+        tmp_path, "single-node", "--hook", *cli_options(tmp_path, "p4-cli-hook"), "--submit", "--", "plain.py"
+    )
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip()
+    assert slurm_cluster.wait(job_id, timeout=90) == "COMPLETED", (tmp_path / f"out-{job_id}.txt").read_text()
+    path = tmp_path / "prov4ml_runs" / "experiment" / f"slurm-{job_id}"
+    assert statuses(path) == {f"rank-{r:05d}.h5": schema.STATUS_COMPLETED for r in range(4)}
+    merge_job_of(slurm_cluster, tmp_path, job_id)
+    assert (path / schema.PROV_FILE).exists()
+
+
+def test_cli_array_task_id_placeholder(slurm_cluster, tmp_path):
+    (tmp_path / "train.py").write_text(TRAIN)
+    opts = [*cli_options(tmp_path, "p4-cli-array"), "--output", f"{tmp_path}/out-%A_%a.txt", "--no-merge"]
+    proc = sbatch_cli(
+        tmp_path, "array", *opts, "--array", "0-1", "--submit", "--", "train.py", "5", "--seed", "{task_id}"
+    )
+    assert proc.returncode == 0, proc.stderr
+    array_id = proc.stdout.strip()
+    assert "(one per array task, TASK = its id)" in proc.stderr
+    slurm_cluster.wait(array_id, timeout=90)
+    for task in (0, 1):
+        path = tmp_path / "prov4ml_runs" / "experiment" / f"slurm-{array_id}_{task}"
+        (rank,) = rank_files(path)
+        rf = p4.read_rank_file(rank)
+        assert rf.status == "completed" and rf.attrs[schema.A_ARGV][-2:] == ["--seed", str(task)], rf.attrs

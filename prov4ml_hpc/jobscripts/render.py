@@ -96,7 +96,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "signal": "B:USR1@300",
     },
     "array": {
-        "command": ["sweep.py", "--seed"],
+        "command": ["sweep.py", "--seed", "{task_id}"],
         "job_name": "sweep",
         "array": "0-9%4",
         "time": "30",
@@ -149,10 +149,33 @@ def check_signal(value: str) -> tuple[str, str, str]:
     return m.group(1) or "", m.group(2), m.group(3) or ""
 
 
-def _words(command: Sequence[str]) -> str:
+TASK_ID = "{task_id}"  # in a command word of the array template: this task's $SLURM_ARRAY_TASK_ID
+
+
+def _word(word: str, array: bool) -> str:
+    """One command word for the shell: quoted; in the array template ``{task_id}`` becomes the task's id."""
+    if TASK_ID not in word:
+        return shlex.quote(word)
+    if not array:
+        raise _fail(
+            "command word", word, f"no {TASK_ID} outside the array template (it is the array task's id)"
+        )
+    # the literal pieces stay single-quoted; only the variable is expanded, inside double quotes
+    return '"$SLURM_ARRAY_TASK_ID"'.join(shlex.quote(p) if p else "" for p in word.split(TASK_ID))
+
+
+def _words(command: Sequence[str], array: bool = False) -> str:
     if isinstance(command, str) or not all(isinstance(w, str) for w in command):
         raise _fail("command", command, "a list of words (the shell never splits it)")
-    return " ".join(shlex.quote(w) for w in command)
+    return " ".join(_word(w, array) for w in command)
+
+
+def _needs_python(command: Sequence[str]) -> bool:
+    """In hook mode, whether the command starts with a Python script or -m/-c and so needs the interpreter in
+    front: ``srun train.py`` would exec the file itself ("Permission denied" unless it is executable with a
+    shebang).  A command that starts with a program (python, torchrun, a wrapper) is run as given."""
+    first = command[0]
+    return first in ("-m", "-c") or (first.endswith(".py") and not first.startswith("-"))
 
 
 def _read(name: str) -> str:
@@ -270,8 +293,10 @@ def _launch(o: Mapping[str, Any]) -> str:
     srun = ["srun", "--kill-on-bad-exit=1"]
     if o.get("mpi") is not None:
         srun.append(f"--mpi={_match('mpi', o['mpi'], _MPI, 'an srun --mpi type such as pmi2 or pmix')}")
+    array = o.get("template") == "array"
     if o["mode"] == "hook":
-        line = f"{' '.join(srun)} {_words(command)}"
+        words = _words(command, array)
+        line = f"{' '.join(srun)} {o['python'] + ' ' if _needs_python(command) else ''}{words}"
     else:
         if _PYTHON.match(os.path.basename(command[0])):
             python, command = shlex.quote(command[0]), command[1:]
@@ -281,7 +306,7 @@ def _launch(o: Mapping[str, Any]) -> str:
             raise ConfigError(
                 "the command names python but no script: give SCRIPT [ARGS] or -m MODULE [ARGS]"
             )
-        line = f"{' '.join(srun)} {python} -m prov4ml_hpc.run {_words(command)}"
+        line = f"{' '.join(srun)} {python} -m prov4ml_hpc.run {_words(command, array)}"
     flags = check_signal(o["signal"])[0] if o.get("signal") else ""
     if "B" not in flags:
         return line
@@ -296,6 +321,27 @@ while true; do
     kill -0 "$srun_pid" 2>/dev/null || break
 done
 exit "$status\""""
+
+
+def effective_options(name: str, **options: Any) -> dict[str, Any]:
+    """The options template ``name`` is rendered with: its defaults, overridden by the given (not None) ones.
+
+    Raises:
+        ConfigError: an unknown template.
+    """
+    if name not in TEMPLATES:
+        raise ConfigError(f"unknown template {name!r}; the templates are {', '.join(TEMPLATES)}")
+    o: dict[str, Any] = {
+        "job_name": "prov4ml",
+        "time": "01:00:00",
+        "mode": "launcher",
+        "python": "python3",
+        "merge": True,
+        "merge_time": "00:30:00",
+        **DEFAULTS[name],
+    }
+    o.update({k: v for k, v in options.items() if v is not None})
+    return o
 
 
 def render_template(name: str, **options: Any) -> str:
@@ -318,16 +364,8 @@ def render_template(name: str, **options: Any) -> str:
             f"unknown option(s) {', '.join(unknown)} for template {name!r}; "
             f"the options are {', '.join(OPTIONS)}"
         )
-    o: dict[str, Any] = {
-        "job_name": "prov4ml",
-        "time": "01:00:00",
-        "mode": "launcher",
-        "python": "python3",
-        "merge": True,
-        "merge_time": "00:30:00",
-        **DEFAULTS[name],
-    }
-    o.update({k: v for k, v in options.items() if v is not None})
+    o = effective_options(name, **options)
+    o["template"] = name
     if o["mode"] not in ("launcher", "hook"):
         raise _fail("mode", o["mode"], "'launcher' or 'hook'")
     o["python"] = shlex.quote(_match("python", o["python"], _PATH, "a python executable name or path"))
@@ -346,6 +384,23 @@ def render_template(name: str, **options: Any) -> str:
         return values[m.group(1)]
 
     return re.sub(r"\{\{(\w+)\}\}", fill, text)
+
+
+SBATCH_HINTS = (  # sbatch's refusals of a request the partition cannot give, and what to do
+    (
+        "Invalid generic resource",
+        "; the partition has no GPUs of the kind asked for: use --gpus-per-node 0 on a CPU partition, or a "
+        "GPU partition (`sinfo -o '%P %G'` lists the GPUs of each)",
+    ),
+    (
+        "Requested node configuration is not available",
+        "; no node of the partition has that many CPUs/GPUs/memory (`sinfo -o '%P %D %c %G %m'`): ask for less",
+    ),
+    (
+        "Node count specification invalid",
+        "; the partition has fewer nodes than --nodes asks for (`sinfo -o '%P %D'`)",
+    ),
+)
 
 
 def submit(
@@ -380,7 +435,9 @@ def submit(
             "script and submit it yourself"
         ) from exc
     if proc.returncode != 0:
-        raise ConfigError(f"sbatch refused the job (exit {proc.returncode}): {proc.stderr.strip()}")
+        message = proc.stderr.strip()
+        hint = next((h for key, h in SBATCH_HINTS if key in message), "")
+        raise ConfigError(f"sbatch refused the job (exit {proc.returncode}): {message}{hint}")
     job_id = proc.stdout.strip().split(";")[0]
     ids = [job_id]
     if merge_run_path is not None:

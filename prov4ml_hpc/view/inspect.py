@@ -352,7 +352,10 @@ def format_summary(d: dict[str, Any], *, max_series: int = 40, max_params: int =
     elapsed = j.get("elapsed") or human_seconds(j.get("elapsed_s"))
     lines.append(f"time       {j.get('start') or '-'} -> {j.get('end') or 'now'}  (elapsed {elapsed})")
     if len(j.get("attempts") or []) > 1:
-        lines.append(f"attempts   {', '.join(str(a) for a in j['attempts'])} (requeued)")
+        lines.append(
+            f"attempts   {len(j['attempts'])} (requeued; attempt indices "
+            f"{', '.join(str(a) for a in j['attempts'])}, 0 is the first run)"
+        )
     lines += ["", "ranks"]
     for attempt, groups in d["ranks"]["attempts"].items():
         head = f"  attempt {attempt}: " if len(d["ranks"]["attempts"]) > 1 else "  "

@@ -97,6 +97,13 @@ class Source:
     def stop(self, t: float) -> None:
         """Last chance to record totals and release handles; called once."""
 
+    def skipped(self, t: float, elapsed: float) -> None:
+        """Instead of stop() for a slow source whose setup had not returned (or begun) when sampling stopped,
+        ``elapsed`` seconds after it started: record what the run gets without it."""
+
+    def abandon(self) -> None:
+        """Release what a setup that returned after sampling stopped opened, writing nothing; called once."""
+
     def read(
         self,
         key: str,

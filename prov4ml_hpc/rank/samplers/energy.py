@@ -1,7 +1,9 @@
 """Node energy: codecarbon's offline tracker (estimated CPU/RAM/GPU power, kWh, kg CO2eq) and RAPL counters.
 
 Both measure the whole node, so they run on the node-level rank only (local rank 0).  codecarbon is imported
-when the source is set up, on the sampler thread, so its ~1.2 s start-up never delays the training script.
+when the source is set up, on a thread of the sampler, so its start-up (1-3 s: hardware detection) never
+delays the training script nor its end: a run that ends before the tracker has started gets no codecarbon
+figures (RAPL's when readable), and its ``energy_source`` total says so.
 Only ``OfflineEmissionsTracker`` is used: the online one contacts external hosts and the cloud-metadata address,
 which can hang on a firewalled compute node.
 """
@@ -38,8 +40,10 @@ class CodeCarbonSource(Source):
         country: str | None = None,
         log_level: str | None = None,
         interval: float = 10.0,
+        rapl: RaplSource | None = None,
     ) -> None:
         super().__init__(sink)
+        self.rapl = rapl  # the node's RAPL source, named in what a run too short for codecarbon gets
         self.node = node
         self.country = (country or settings.get(settings.COUNTRY)).upper()
         self.log_level = (log_level or os.environ.get("CODECARBON_LOG_LEVEL") or DEFAULT_LOG_LEVEL).lower()
@@ -110,6 +114,24 @@ class CodeCarbonSource(Source):
         self.emit("energy.ram_power", data.ram_power, "W", t)
         self.emit("energy.consumed", data.energy_consumed, "kWh", t)
         self.emit("energy.emissions", data.emissions, "kg CO2eq", t)
+
+    def skipped(self, t: float, elapsed: float) -> None:
+        rapl = self.rapl is not None and bool(self.rapl.zones)
+        self.sink.update_totals(
+            {
+                "energy_source": (
+                    f"{'RAPL only (rapl_energy_j)' if rapl else 'none'}: sampling stopped {elapsed:.2f} s after "
+                    "it started, before codecarbon's tracker had finished starting (its hardware detection "
+                    "takes 1-3 s), so there are no codecarbon figures for this run"
+                ),
+                "energy_node": self.node,
+            }
+        )
+
+    def abandon(self) -> None:
+        tracker, self._tracker = self._tracker, None
+        if tracker is not None:
+            tracker.stop()  # ends its timer threads; what it measured is dropped
 
     def stop(self, t: float) -> None:
         if self._tracker is None:

@@ -3,6 +3,10 @@
 It never raises into the training script once constructed: a source that fails to set up is reported once
 and left out, a sample that raises is counted as dropped.  Bad configuration values raise ConfigError at
 construction (setup errors fail fast).  Its own CPU time is measured with time.thread_time().
+
+Slow sources (codecarbon: 1-3 s to start) are set up on a second thread, so that sampling starts at once and
+``stop()`` never waits for a tracker that is still starting: such a source is recorded as not started
+(:meth:`Source.skipped`), and released without writing anything when its start-up returns.
 """
 
 from __future__ import annotations
@@ -75,12 +79,21 @@ class SamplerThread:
                 env,
             )
         self.sources: list[Source] = list(sources)
-        self._state: dict[int, str] = {id(s): "new" for s in self.sources}  # new, ready, unavailable, stopped
+        # every source writes through a gate, closed once the sampler has stopped
+        self._gates: list[_GatedSink] = []
+        for source in self.sources:
+            if not isinstance(source.sink, _GatedSink):
+                source.sink = _GatedSink(source.sink)
+            self._gates.append(source.sink)
+        # new, starting (slow setup under way), ready, unavailable, stopped, skipped (stopped before it started)
+        self._state: dict[int, str] = {id(s): "new" for s in self.sources}
         self._failures: dict[int, int] = {id(s): 0 for s in self.sources}
         self._lock = threading.RLock()
         self._stop_event = threading.Event()
         self._ready = threading.Event()  # set once every source has been set up (or found unavailable)
         self._thread: threading.Thread | None = None
+        self._starter: threading.Thread | None = None  # sets up the slow sources
+        self._started_at: float | None = None  # time.monotonic() when the thread started
         self._stopped = False
         self.dropped = 0  # samples of a source that raised
         self.samples = 0  # ticks taken (thread and sample_once)
@@ -114,7 +127,8 @@ class SamplerThread:
         if self.energy and self.node_level:
             from .energy import RAPL_ROOT, CodeCarbonSource, RaplSource
 
-            out.append(RaplSource(self.sink, rapl_root or RAPL_ROOT))
+            rapl = RaplSource(self.sink, rapl_root or RAPL_ROOT)
+            out.append(rapl)
             out.append(
                 CodeCarbonSource(
                     self.sink,
@@ -122,6 +136,7 @@ class SamplerThread:
                     settings.get(settings.COUNTRY, env, country),
                     None,
                     energy_every,
+                    rapl=rapl,
                 )
             )
         return out
@@ -144,13 +159,17 @@ class SamplerThread:
         self._thread.start()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """Wait until the thread has set up every source (codecarbon takes ~1.2 s); False on timeout."""
+        """Wait until the threads have set up every source (codecarbon takes 1-3 s); False on timeout."""
         if self._thread is None:
             return True
         return self._ready.wait(timeout)
 
     def stop(self, timeout: float | None = 10.0) -> bool:
-        """Stop sampling: one final sample, then each source's totals (energy).  Returns False on timeout."""
+        """Stop sampling: one final sample, then each source's totals (energy).  Returns False on timeout.
+
+        Never waits for a slow source that is still starting: it is recorded as skipped (its
+        :meth:`Source.skipped` says what the run gets instead) and released in the background.
+        """
         if self._stopped or os.getpid() != self._pid:
             return True
         self._stopped = True
@@ -187,16 +206,21 @@ class SamplerThread:
     # ---- internals ------------------------------------------------------------------------------------------
     def _run(self) -> None:
         cpu0, wall0 = time.thread_time(), time.monotonic()
+        self._started_at = wall0
         try:
             with self._lock:
                 self._setup(slow=False)
                 self._tick()
             self._account(cpu0, wall0)
-            # codecarbon start-up (~1.2 s), off the training thread and outside the lock so sample_once() never
-            # waits for it; a source only becomes "ready" (visible to _tick) once its setup has returned.
-            self._setup(slow=True)
-            self._account(cpu0, wall0)
-            self._ready.set()
+            if any(s.slow and self._state[id(s)] == "new" for s in self.sources):
+                # codecarbon's start-up (1-3 s) on its own thread: sampling goes on meanwhile, and stop() never
+                # waits for it; a source becomes "ready" (visible to _tick) once its setup has returned.
+                self._starter = threading.Thread(
+                    target=self._start_slow, name="prov4ml-hpc-energy-start", daemon=True
+                )
+                self._starter.start()
+            else:
+                self._ready.set()
             next_due = time.monotonic() + self.interval
             while not self._stop_event.wait(max(0.0, next_due - time.monotonic())):
                 with self._lock:
@@ -213,6 +237,38 @@ class SamplerThread:
             )
         finally:
             self._account(cpu0, wall0)
+            if self._starter is None:
+                self._ready.set()
+
+    def _start_slow(self) -> None:
+        """Set up the slow sources one by one, outside the lock; release one that stop() gave up on."""
+        try:
+            for source in self.sources:
+                if not source.slow:
+                    continue
+                with self._lock:
+                    if self._stopped or self._state[id(source)] != "new":
+                        continue  # stopped before its turn: _finish() recorded it as skipped
+                    self._state[id(source)] = "starting"
+                try:
+                    source.setup()
+                    failure = None
+                except Exception as exc:  # noqa: BLE001 - one broken source must not stop the others
+                    failure = exc
+                with self._lock:
+                    if self._state[id(source)] == "starting":  # still wanted
+                        if failure is None:
+                            self._state[id(source)] = "ready"
+                        else:
+                            self._state[id(source)] = "unavailable"
+                            self._report_setup_failure(source, failure)
+                        continue
+                if failure is None:  # the sampler stopped during the setup: release, write nothing
+                    try:
+                        source.abandon()
+                    except Exception:  # noqa: BLE001, S112 - nobody is left to tell
+                        continue
+        finally:
             self._ready.set()
 
     def _account(self, cpu0: float, wall0: float) -> None:
@@ -228,10 +284,13 @@ class SamplerThread:
                 self._state[id(source)] = "ready"
             except Exception as exc:  # noqa: BLE001 - one broken source must not stop the others
                 self._state[id(source)] = "unavailable"
-                self.sink.report_problem(
-                    f"{source.name}_unavailable",
-                    f"{source.name} sampling is off: setup failed with {type(exc).__name__}: {exc}",
-                )
+                self._report_setup_failure(source, exc)
+
+    def _report_setup_failure(self, source: Source, exc: BaseException) -> None:
+        self.sink.report_problem(
+            f"{source.name}_unavailable",
+            f"{source.name} sampling is off: setup failed with {type(exc).__name__}: {exc}",
+        )
 
     def _tick(self) -> None:
         t = time.time()
@@ -261,13 +320,55 @@ class SamplerThread:
     def _finish(self) -> None:
         self._tick()
         t = time.time()
+        elapsed = time.monotonic() - self._started_at if self._started_at is not None else 0.0
         for source in self.sources:
-            if self._state[id(source)] != "ready":
+            state = self._state[id(source)]
+            if source.slow and state in ("new", "starting") and self._thread is not None:
+                self._state[id(source)] = "skipped"  # a starting one is released by _start_slow()
+                self._call_stop(source, source.skipped, t, elapsed)
+                continue
+            if state != "ready":
                 continue
             self._state[id(source)] = "stopped"
-            try:
-                source.stop(t)
-            except Exception as exc:  # noqa: BLE001
-                self.sink.report_problem(
-                    f"{source.name}_stop", f"{source.name} failed to stop: {type(exc).__name__}: {exc}"
-                )
+            self._call_stop(source, source.stop, t)
+        for gate in self._gates:  # a source released later (its start-up returning now) writes nothing
+            gate.close()
+
+    def _call_stop(self, source: Source, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001
+            self.sink.report_problem(
+                f"{source.name}_stop", f"{source.name} failed to stop: {type(exc).__name__}: {exc}"
+            )
+
+
+class _GatedSink:
+    """Passes a source's writes to the real sink until :meth:`close`; afterwards drops them.
+
+    A slow source whose start-up returns after the sampler stopped (the rank file may already be closed)
+    must not write anything: its writes go through this gate.
+    """
+
+    def __init__(self, sink: SampleSink) -> None:
+        self._sink = sink
+        self._open = True
+
+    def close(self) -> None:
+        self._open = False
+
+    def record_sample(self, name: str, value: float, unit: str, t: float) -> None:
+        if self._open:
+            self._sink.record_sample(name, value, unit, t)
+
+    def update_hardware(self, info: dict) -> None:
+        if self._open:
+            self._sink.update_hardware(info)
+
+    def update_totals(self, totals: dict) -> None:
+        if self._open:
+            self._sink.update_totals(totals)
+
+    def report_problem(self, reason: str, message: str) -> None:
+        if self._open:
+            self._sink.report_problem(reason, message)

@@ -40,6 +40,27 @@ def _slug(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:80] or "metric"
 
 
+def no_gpu_note(ranks: list) -> str:
+    """Why the GPU section has no plot, from what the ranks' GPU samplers recorded (``gpu_status``)."""
+    seen: dict[str, set[str]] = {}  # reason -> nodes
+    for r in ranks:
+        attrs = getattr(r, "meta", None) or getattr(r, "attrs", None) or {}  # the rank file's attributes
+        hw = attrs.get(schema.A_HARDWARE)
+        status = hw.get("gpu_status") if isinstance(hw, dict) else None
+        if isinstance(status, str) and status.startswith("no GPU"):
+            seen.setdefault(status.removeprefix("no GPU").lstrip(": "), set()).add(r.node or "?")
+    if not seen:
+        return "no GPU samples (no gpu.* series: GPU sampling was off, or the ranks recorded no GPU status)"
+    parts = []
+    for reason, nodes in seen.items():
+        where = ", ".join(sorted(nodes)[:8]) + (" ..." if len(nodes) > 8 else "")
+        if "nvidia-ml-py is not installed" in reason:
+            parts.append(f"GPUs were not looked for on {where}: {reason}")
+        else:
+            parts.append(f"{where} {'has' if len(nodes) == 1 else 'have'} no GPU (NVML: {reason})")
+    return "; ".join(parts) + ". On GPU nodes this section shows utilisation, memory and power per GPU."
+
+
 def write_report(
     run_dir: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
@@ -92,12 +113,7 @@ def write_report(
     if not data.metrics:
         sections["metrics"].append(Figure("metrics", None, "no metrics logged"))
     for key, fn, name, none in (
-        (
-            "gpu",
-            plot_gpus,
-            "gpus.png",
-            "no GPU samples (no gpu.* series: no GPU, NVML absent or sampling off)",
-        ),
+        ("gpu", plot_gpus, "gpus.png", no_gpu_note(run.ranks)),
         ("nodes", plot_nodes, "nodes.png", "no node samples (node.* series; system metrics were off)"),
         (
             "energy",

@@ -1,8 +1,10 @@
 """A picture of the provenance graph for the report: the whole graph when small, else a job-level summary.
 
-The full drawing comes from provenance.json (``provenance.export.to_dot`` + graphviz ``dot``).  Past
-:data:`FULL_GRAPH_NODES` nodes (or before a merge) a summary is drawn instead: the user, the job, one box per
-group of ranks with the same status and attempt, the inputs and outputs, in the same colours as the full graph.
+The full drawing comes from provenance.json (``provenance.export.to_dot``), laid out by graphviz ``dot`` when
+it is installed, else by the pure-Python layered layout of :mod:`.layout` (networkx, in the ``plot`` extra).
+Past :data:`FULL_GRAPH_NODES` nodes (or before a merge) a summary is drawn instead: the user, the job, one box
+per group of ranks with the same status and attempt, the inputs and outputs, in the same colours as the full
+graph.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from ... import schema
 
 FULL_GRAPH_NODES = 30  # drawn whole up to this many nodes (larger drawings are unreadable)
 LINKED_GRAPH_NODES = 2000  # up to this many, the whole graph is also written as a linked SVG file
+LINKED_GRAPH_NODES_PY = 400  # the same for the pure-Python layout (slower; wide drawings past that)
 _ENTITY = 'shape=ellipse, style=filled, fillcolor="#FFFC87", color="#808080"'
 _ACTIVITY = 'shape=box, style=filled, fillcolor="#9FB1FC", color="#0000FF"'
 _AGENT = 'shape=house, style=filled, fillcolor="#FED37F"'
@@ -37,28 +40,35 @@ def render_graph(run_dir: str, summary: dict[str, Any], out_svg: str) -> tuple[s
     from ...errors import ExportError
     from ...provenance.export import dot_to_svg, load_prov_json, to_dot
 
-    if shutil.which("dot") is None:
-        return (
-            None,
-            "no picture of the provenance graph: graphviz 'dot' is not installed (apt-get install graphviz)",
-        )
+    if shutil.which("dot") is not None:
+        draw, by, linked_max = (lambda text: dot_to_svg(text, timeout=120)), "", LINKED_GRAPH_NODES
+    else:
+        try:
+            from .layout import to_svg
+        except ImportError as exc:  # networkx missing
+            return (
+                None,
+                "no picture of the provenance graph: graphviz 'dot' is not installed and the pure-Python layout "
+                f"needs networkx ({exc}); pip install 'prov4ml-hpc[plot]' (or apt-get install graphviz)",
+            )
+        draw, by, linked_max = to_svg, ", drawn without graphviz", LINKED_GRAPH_NODES_PY
     prov_path = os.path.join(run_dir, schema.PROV_FILE)
     n = graph_nodes(prov_path) if os.path.exists(prov_path) else None
     try:
         if n is not None and n <= FULL_GRAPH_NODES:
-            svg = dot_to_svg(to_dot(load_prov_json(prov_path)), timeout=60)
-            what = f"the whole provenance graph ({n} nodes, from {schema.PROV_FILE})"
+            svg = draw(to_dot(load_prov_json(prov_path)))
+            what = f"the whole provenance graph ({n} nodes, from {schema.PROV_FILE}{by})"
         else:
-            svg = dot_to_svg(summary_dot(summary), timeout=60)
+            svg = draw(summary_dot(summary))
             what = "a job-level summary of the provenance graph" + (
-                f" (the full graph has {n} nodes: see {schema.PROV_FILE})"
+                f" (the full graph has {n} nodes: see {schema.PROV_FILE}{by})"
                 if n
-                else " (the run is not merged)"
+                else f" (the run is not merged{by})"
             )
-            if n is not None and n <= LINKED_GRAPH_NODES:
+            if n is not None and n <= linked_max:
                 full = os.path.join(os.path.dirname(out_svg), "provenance-full.svg")
                 with open(full, "w", encoding="utf-8") as fh:
-                    fh.write(dot_to_svg(to_dot(load_prov_json(prov_path)), timeout=120))
+                    fh.write(draw(to_dot(load_prov_json(prov_path))))
                 what += "; the whole graph: provenance-full.svg"
     except ExportError as exc:
         return None, f"no picture of the provenance graph: {exc}"

@@ -57,6 +57,14 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
 
+def attempts_text(attempts: list[int]) -> str:
+    """How many attempts ran, in words: the attempt numbers on disk are indices (0 is the first run)."""
+    if attempts == [0]:
+        return "1 (not requeued)"
+    indices = ", ".join(map(str, attempts))
+    return f"{len(attempts)} (requeued; attempt indices {indices}, 0 is the first run)"
+
+
 def _job_table(d: dict[str, Any]) -> str:
     j = d["job"]
     nodes = j.get("nodes") or []
@@ -81,7 +89,7 @@ def _job_table(d: dict[str, Any]) -> str:
         ("start", _e(j.get("start") or "-")),
         ("end", _e(j.get("end") or "running")),
         ("elapsed", _e(j.get("elapsed") or human_seconds(j.get("elapsed_s")))),
-        ("attempts", _e(", ".join(map(str, j.get("attempts") or [0])))),
+        ("attempts", _e(attempts_text(j.get("attempts") or [0]))),
         ("script", f"<code>{_e(d.get('script') or '-')}</code>"),
         ("read from", _e(f"{d['source']} ({d['state']})")),
         ("directory", f"<code>{_e(d['run_dir'])}</code>"),
@@ -91,7 +99,7 @@ def _job_table(d: dict[str, Any]) -> str:
 
 def _ranks_table(d: dict[str, Any]) -> str:
     out = [
-        "<table><tr><th>attempt</th><th>status</th><th class='num'>ranks</th><th>e.g.</th><th>reasons</th></tr>"
+        "<table><tr><th>attempt index</th><th>status</th><th class='num'>ranks</th><th>e.g.</th><th>reasons</th></tr>"
     ]
     for attempt, groups in d["ranks"]["attempts"].items():
         for status, g in groups.items():

@@ -16,6 +16,8 @@ from .data import MetricData, PlotData, SystemSeries, gpu_field
 from .thin import bucket_ids, decimate
 
 WIDTH_IN, DPI = 9.0, 100
+METRIC_WIDTH_IN = 6.0  # metric plots sit two to a row: drawn at about the size they are shown, text legible
+LEGEND_FONT = 8
 MAX_LINES = 16  # more series than this in one panel: drawn as a mean line with a min-max band
 _RANK_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 _ATTEMPT_COLORS = ("#1f4e9c", "#c0392b", "#27ae60", "#8e44ad", "#d35400")
@@ -47,14 +49,16 @@ def _pixels(fig) -> int:
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------
-def _figure(rows: int, height: float = 2.6):
+def _figure(rows: int, height: float = 2.6, width: float = WIDTH_IN):
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(WIDTH_IN, 0.6 + height * rows), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(width, 0.6 + height * rows), dpi=DPI, layout="constrained")
     axes = fig.subplots(rows, 1, squeeze=False)[:, 0]
+    for ax in axes:  # no "1e-5+1.2579" offset labels: the ticks show the values themselves
+        ax.ticklabel_format(axis="y", useOffset=False)
     return fig, axes
 
 
@@ -81,7 +85,7 @@ def _span(series: Sequence[SystemSeries], t0: float | None) -> tuple[float, floa
 # ---- metrics -----------------------------------------------------------------------------------------------
 def plot_metric(md: MetricData, path: str, *, title: str | None = None) -> str:
     """One metric: per attempt, the across-rank mean with its min-max band; per-rank lines when given."""
-    fig, (ax,) = _figure(1, 3.0)
+    fig, (ax,) = _figure(1, 3.0, METRIC_WIDTH_IN)
     px = _pixels(fig)
     multi = len(md.aggregates) > 1
     for i, (attempt, agg) in enumerate(sorted(md.aggregates.items())):
@@ -123,7 +127,7 @@ def plot_metric(md: MetricData, path: str, *, title: str | None = None) -> str:
     ax.set_ylabel(md.name)
     ax.grid(True, alpha=0.3)
     if ax.has_data():
-        ax.legend(fontsize=7, ncols=3, loc="best")
+        ax.legend(fontsize=LEGEND_FONT, ncols=2, loc="best")
     return _save(fig, path)
 
 
@@ -135,7 +139,7 @@ def _draw_group(ax, items: list[tuple[str, np.ndarray, np.ndarray]], px: int, wh
             xs, ys = decimate(x, y, px)
             ax.plot(xs, ys, linewidth=0.9, label=label, color=f"C{j % 10}")
         if items:
-            ax.legend(fontsize=7, ncols=4, loc="best")
+            ax.legend(fontsize=LEGEND_FONT, ncols=4, loc="best")
         return
     lo_x = min(float(x[0]) for _, x, _ in items if len(x))
     hi_x = max(float(x[-1]) for _, x, _ in items if len(x))
@@ -171,7 +175,7 @@ def _draw_group(ax, items: list[tuple[str, np.ndarray, np.ndarray]], px: int, wh
         linewidth=1.2,
         label=f"mean of {len(items)} {what}",
     )
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=LEGEND_FONT, loc="best")
 
 
 def plot_gpus(data: PlotData, path: str) -> str | None:
@@ -268,7 +272,7 @@ def plot_energy(data: PlotData, path: str) -> str | None:
             label=f"total of {len(energy)} node(s)",
             marker="o" if len(grid) < 3 else None,
         )
-        ax1.legend(fontsize=7)
+        ax1.legend(fontsize=LEGEND_FONT)
     ax1.set_ylabel("energy (kWh, cumulative)")
     ax1.set_title("energy and emissions", fontsize=11)
     if emissions:
@@ -281,7 +285,7 @@ def plot_energy(data: PlotData, path: str) -> str | None:
             )
         else:
             ax2.plot(x, kg * 1000.0, "o", color="#c0392b", label="emissions so far (g)")
-        ax2.legend(fontsize=7)
+        ax2.legend(fontsize=LEGEND_FONT)
     ax2.set_ylabel("g CO2eq per hour")
     ax2.set_xlabel(xlabel)
     for ax in axes:
